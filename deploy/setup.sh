@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up facestream on a fresh machine: a virtual environment in .venv, the CPU build of torch,
+# the project with its test tools, and the default models (MTCNN + dlib-resnet-v1) built into
+# $FACESTREAM_HOME (default ~/.cache/facestream). Safe to run again: every step is idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# torch first, pinned: this exact version installs a small CPU build here; a looser spec would make
+# pip pull several GB of CUDA packages. On a GPU host, install the CUDA torch you want before this.
+.venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+.venv/bin/facestream models pull

@@ -1,0 +1,55 @@
+"""`facestream` command line: one argparse tree; each area registers its own subcommands.
+
+Every command is a function taking the parsed arguments and returning an exit code. A
+FacestreamError (bad input, missing model, unusable file) becomes one line on stderr and exit 2;
+Ctrl-C exits 130 without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from stream.errors import FacestreamError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Imported here so that `facestream --help` stays fast: command modules import heavy libraries
+    # (torch, onnxruntime) only inside their command functions.
+    from stream import model_commands
+    from stream.gallery import commands as gallery_commands
+    from stream.pipeline import commands as pipeline_commands
+
+    parser = argparse.ArgumentParser(
+        prog="facestream", description="Real-time face recognition for video streams."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (debug level)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    model_commands.register(sub)
+    gallery_commands.register(sub)
+    pipeline_commands.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except FacestreamError as e:
+        print(f"facestream: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("facestream: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

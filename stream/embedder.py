@@ -1,0 +1,99 @@
+"""Face embeddings through ONNX Runtime: chips (aligned per the model's manifest) -> vectors.
+
+The CUDA provider is used when ONNX Runtime has it and a GPU is present; otherwise the CPU provider.
+Which one runs is logged once per model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnxruntime as ort
+
+from facestream_models.registry import DEFAULT_EMBEDDER, CropSpec, ModelSpec, get_spec
+from stream.align import crop_faces
+from stream.errors import FacestreamError
+from stream.modelstore import model_path, read_manifest
+
+if TYPE_CHECKING:
+    from stream.detector import Detections
+
+log = logging.getLogger(__name__)
+
+
+def _providers(device: str | None) -> list[str]:
+    available = ort.get_available_providers()
+    want_cuda = device in (None, "cuda") and "CUDAExecutionProvider" in available and _gpu_present()
+    if device == "cuda" and not want_cuda:
+        raise FacestreamError("device 'cuda' requested but ONNX Runtime has no usable CUDA provider")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
+
+
+def _gpu_present() -> bool:
+    # onnxruntime-gpu lists the CUDA provider even on machines without a GPU; ask torch (already a
+    # dependency) whether a device really exists, so no session is built on a provider that fails.
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - no torch / broken CUDA install: CPU it is
+        return False
+
+
+class Embedder:
+    """One ONNX embedder: `crop` cuts chips from a frame, `embed` turns chips into vectors."""
+
+    def __init__(self, name: str = DEFAULT_EMBEDDER, home: Path | None = None, device: str | None = None,
+                 threads: int | None = None):
+        self.name = name
+        self.spec: ModelSpec = get_spec(name)
+        manifest = read_manifest(name, home)
+        onnx_file = model_path(name, home) / manifest.get("file", "model.onnx")
+        if not onnx_file.is_file():
+            raise FacestreamError(f"{onnx_file}: missing; rebuild with `facestream models pull --force {name}`")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(onnx_file), sess_options=opts, providers=_providers(device))
+        self.provider = self.session.get_providers()[0]
+        log.info("embedder %s runs on %s", name, self.provider)
+        self.crop_spec: CropSpec = self.spec.crop
+        self.dim = self.spec.dim
+        self.metric = self.spec.metric
+        self.threshold = float(manifest.get("threshold", self.spec.threshold))
+        self._mean = np.asarray(self.spec.mean, dtype=np.float32)
+        self._inv_std = 1.0 / np.asarray(self.spec.std, dtype=np.float32)
+
+    def crop(self, frame: np.ndarray, dets: Detections) -> np.ndarray:
+        """Chips (N, H, W, 3) uint8 for one RGB frame's detected faces, cut as this model expects."""
+        return crop_faces(frame, dets.boxes, dets.landmarks, self.crop_spec)
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB chips -> (N, dim) float32 embeddings."""
+        chips = np.asarray(chips)
+        w, h = self.crop_spec.size
+        if chips.ndim != 4 or chips.shape[1:] != (h, w, 3) or chips.dtype != np.uint8:
+            raise FacestreamError(
+                f"{self.name}: chips must be uint8 N x {h} x {w} x 3, got {chips.dtype} {chips.shape}"
+            )
+        if len(chips) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        x = (chips.astype(np.float32) - self._mean) * self._inv_std
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return self.session.run(None, {"input": x})[0]
+
+
+def distance(a: np.ndarray, b: np.ndarray, metric: str = "euclidean") -> np.ndarray:
+    """Row-wise distance between embeddings a (N, D) and b (N, D) (or one vector each)."""
+    a = np.atleast_2d(np.asarray(a, dtype=np.float32))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float32))
+    if metric == "euclidean":
+        return np.linalg.norm(a - b, axis=1)
+    if metric == "cosine":
+        an = a / np.linalg.norm(a, axis=1, keepdims=True)
+        bn = b / np.linalg.norm(b, axis=1, keepdims=True)
+        return 1.0 - (an * bn).sum(axis=1)
+    raise ValueError(f"unknown metric {metric!r}")
