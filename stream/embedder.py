@@ -45,14 +45,21 @@ def _gpu_present() -> bool:
 class Embedder:
     """One ONNX embedder: `crop` cuts chips from a frame, `embed` turns chips into vectors."""
 
-    def __init__(self, name: str = DEFAULT_EMBEDDER, home: Path | None = None, device: str | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        name: str = DEFAULT_EMBEDDER,
+        home: Path | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+    ):
         self.name = name
         self.spec: ModelSpec = get_spec(name)
         manifest = read_manifest(name, home)
         onnx_file = model_path(name, home) / manifest.get("file", "model.onnx")
         if not onnx_file.is_file():
-            raise FacestreamError(f"{onnx_file}: missing; rebuild with `facestream models pull --force {name}`")
+            raise FacestreamError(
+                f"{onnx_file}: missing; rebuild with `facestream models pull --force {name}`"
+            )
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

@@ -1,8 +1,8 @@
 """The small Python API the stages and commands share: frames -> detected, aligned, embedded faces.
 
-    analyzer = FaceAnalyzer()                      # MTCNN + the default embedder (dlib-resnet-v1)
-    faces = analyzer.analyze_image("photo.jpg")    # [Face(box, score, landmarks, embedding, chip)]
-    d = distance(faces[0].embedding, other.embedding, analyzer.embedder.metric)
+analyzer = FaceAnalyzer()                      # MTCNN + the default embedder (dlib-resnet-v1)
+faces = analyzer.analyze_image("photo.jpg")    # [Face(box, score, landmarks, embedding, chip)]
+d = distance(faces[0].embedding, other.embedding, analyzer.embedder.metric)
 """
 
 from __future__ import annotations
@@ -58,10 +58,12 @@ class FaceAnalyzer:
         out: list[list[Face]] = []
         start = 0
         for d, c, n in zip(dets, chips, counts, strict=True):
-            out.append([
-                Face(d.boxes[i], float(d.scores[i]), d.landmarks[i], embeddings[start + i], c[i])
-                for i in range(n)
-            ])
+            out.append(
+                [
+                    Face(d.boxes[i], float(d.scores[i]), d.landmarks[i], embeddings[start + i], c[i])
+                    for i in range(n)
+                ]
+            )
             start += n
         return out
 

@@ -12,9 +12,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="models_command", metavar="ACTION")
     msub.required = True
     pull = msub.add_parser("pull", help="fetch + build models into $FACESTREAM_HOME (idempotent)")
-    pull.add_argument("names", nargs="*", metavar="NAME", help="models to build (default: mtcnn dlib-resnet-v1)")
-    pull.add_argument("--from", dest="from_file", type=Path, metavar="FILE",
-                      help="build from this local copy of the model's source file (one NAME)")
+    pull.add_argument(
+        "names", nargs="*", metavar="NAME", help="models to build (default: mtcnn dlib-resnet-v1)"
+    )
+    pull.add_argument(
+        "--from",
+        dest="from_file",
+        type=Path,
+        metavar="FILE",
+        help="build from this local copy of the model's source file (one NAME)",
+    )
     pull.add_argument("--force", action="store_true", help="rebuild even if already built")
     pull.set_defaults(func=cmd_pull)
     ls = msub.add_parser("list", help="known models and whether they are built")
@@ -34,11 +41,22 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from facestream_models.build import is_built, known_models
 
-    rows = [{"name": s.name, "kind": s.kind, "built": is_built(s.name), "dim": s.dim or None,
-             "threshold": s.threshold or None, "description": s.description} for s in known_models()]
+    rows = [
+        {
+            "name": s.name,
+            "kind": s.kind,
+            "built": is_built(s.name),
+            "dim": s.dim or None,
+            "threshold": s.threshold or None,
+            "description": s.description,
+        }
+        for s in known_models()
+    ]
     if args.json:
         print(json.dumps({"models": rows}))
     else:
         for r in rows:
-            print(f"{r['name']:18} {r['kind']:9} {'built' if r['built'] else 'not built':10} {r['description']}")
+            print(
+                f"{r['name']:18} {r['kind']:9} {'built' if r['built'] else 'not built':10} {r['description']}"
+            )
     return 0

@@ -25,5 +25,6 @@ def read_manifest(name: str, home: Path | None = None) -> dict:
             f"model {name!r} is not built in {path.parent.parent}: run `facestream models pull {name}`"
         ) from None
     except (OSError, ValueError) as e:
-        raise FacestreamError(f"{path}: unreadable model manifest ({e}); rebuild with "
-                              f"`facestream models pull --force {name}`") from None
+        raise FacestreamError(
+            f"{path}: unreadable model manifest ({e}); rebuild with `facestream models pull --force {name}`"
+        ) from None
