@@ -64,6 +64,9 @@ class Embedder:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        # No busy-waiting between runs: the pipeline's stages share the cores, and a spinning
+        # thread pool here steals them from detection (and from torch in the same process).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_file), sess_options=opts, providers=_providers(device))
         self.provider = self.session.get_providers()[0]
         log.info("embedder %s runs on %s", name, self.provider)
