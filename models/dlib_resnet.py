@@ -18,6 +18,8 @@ Output: N x 128, the raw descriptor (not L2-normalised).
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from facestream_models.dlib_dat import TAG_OR_SKIP_VERSION, DatLayer, DlibNet, r
 from facestream_models.onnx_export import BuildError, export_onnx
 from facestream_models.registry import ModelSpec
 
+log = logging.getLogger(__name__)
 DAT_NAME = "dlib_face_recognition_resnet_model_v1.dat"
 INPUT_SIZE = 150
 INPUT_CHW = (3, INPUT_SIZE, INPUT_SIZE)
@@ -36,7 +39,21 @@ EMBEDDING_DIM = 128
 # (channels, residual blocks, first block downsamples) per stage, input side first (alevel4..alevel0).
 STAGES = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
 # dlib's own 150x150 chips in the shared test data next to the repo: real inputs for the parity check.
-REFERENCE_CHIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference" / "dlib" / "chips"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REFERENCE_CHIPS = SHARED_DATA / "reference" / "dlib" / "chips"
+# INT8 (models/quantize.py): calibrated on the chips our own aligner cuts from the shared photos
+# (MTCNN's reference landmarks + the registry's template), verified on those plus dlib's own chips,
+# which calibration never sees. Limits: what the recipe achieves (L2 mean ~0.036, max ~0.064 on
+# 103 faces) plus headroom; typical same-person distances are 0.3-0.45, the threshold 0.6.
+INT8_FILE = "model.int8.onnx"
+INT8_L2_MEAN_LIMIT = 0.045
+INT8_L2_MAX_LIMIT = 0.08
+# Decisions: none may change among dlib's reference chips (5 people, 903 pairs); among all 103
+# faces (crowd strangers included) only pairs that fp32 puts within this of 0.6 may flip (seen:
+# 7 of 5253, all within 0.007; int8 moves pair distances by at most ~0.026).
+INT8_DECISION_MARGIN = 0.04
+INT8_MIN_SPEEDUP = 1.2  # below this int8 is not worth a second file (batch 8, measured interleaved)
+INT8_MIN_PROB = 0.9  # MTCNN detections used for calibration
 
 
 def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -251,9 +268,84 @@ def reference_chips(directory: Path = REFERENCE_CHIPS, limit: int | None = None)
     return np.stack(chips) if chips else None
 
 
+def aligned_chips(data: Path = SHARED_DATA, min_prob: float = INT8_MIN_PROB) -> np.ndarray | None:
+    """Chips (N x 150 x 150 x 3 RGB uint8) cut by our aligner (stream.align) from the shared photos
+    and video frames at MTCNN's reference landmarks, in a fixed order; None without the shared data."""
+    from facestream_models.registry import get_spec
+    from stream.align import crop_faces
+    from stream.imageio import load_image
+
+    index = data / "reference" / "mtcnn" / "detections.json"
+    if not index.is_file():
+        return None
+    crop = get_spec("dlib-resnet-v1").crop
+    chips = []
+    for rel, faces in sorted(json.loads(index.read_text())["images"].items()):
+        faces = [f for f in faces if f["prob"] >= min_prob]
+        path = data / rel
+        if not faces or not path.is_file():
+            continue
+        boxes = np.array([f["box"] for f in faces], dtype=np.float32)
+        landmarks = np.array([f["landmarks"] for f in faces], dtype=np.float32)
+        chips.append(crop_faces(load_image(path), boxes, landmarks, crop))
+    return np.concatenate(chips) if chips else None
+
+
+def build_int8(out_dir: Path, spec: ModelSpec) -> dict:
+    """Write out_dir/model.int8.onnx from out_dir/model.onnx when it is verified and worthwhile.
+
+    Returns the manifest's "int8" entry: the figures, or {"skipped": reason} where no int8 file is
+    written (no real faces to calibrate and verify on, or no speed-up on this machine). Without the
+    shared data we skip rather than calibrate on synthetic input: an int8 model whose identity
+    decisions were never checked on real faces must not be published, and the runtime falls back to
+    fp32 by itself. Raises BuildError when int8 fails its verification."""
+    from facestream_models.quantize import quantize_and_verify, speedup
+
+    ours = aligned_chips()
+    dlib_chips = reference_chips()
+    if ours is None or dlib_chips is None:
+        reason = f"no real face chips to calibrate and verify int8 on ({SHARED_DATA} absent)"
+        log.warning("%s: int8 skipped: %s", spec.name, reason)
+        return {"skipped": reason}
+    calibration = normalise_chips(ours, spec.mean, spec.std)
+    verification = np.concatenate([calibration, normalise_chips(dlib_chips, spec.mean, spec.std)])
+    strict = np.arange(len(verification)) >= len(calibration)  # dlib's own chips
+    fp32, int8 = out_dir / "model.onnx", out_dir / INT8_FILE
+    stats = quantize_and_verify(
+        fp32,
+        int8,
+        calibration,
+        verification,
+        spec.threshold,
+        INT8_L2_MEAN_LIMIT,
+        INT8_L2_MAX_LIMIT,
+        INT8_DECISION_MARGIN,
+        strict,
+    )
+    stats["held_out_faces"] = len(dlib_chips)
+    stats["speedup"] = round(speedup(fp32, int8, verification[:8]), 2)
+    stats["speedup_batch"] = 8
+    if stats["speedup"] < INT8_MIN_SPEEDUP:
+        int8.unlink()
+        reason = f"int8 only {stats['speedup']}x as fast as fp32 here (< {INT8_MIN_SPEEDUP}x)"
+        log.warning("%s: int8 skipped: %s", spec.name, reason)
+        return {"skipped": reason, **{k: v for k, v in stats.items() if k != "file"}}
+    log.info(
+        "%s: int8 L2 vs fp32 mean %.4f max %.4f, %d/%d decisions changed, %.2fx faster",
+        spec.name,
+        stats["l2_mean"],
+        stats["l2_max"],
+        stats["decisions_changed"],
+        stats["pairs"],
+        stats["speedup"],
+    )
+    return stats
+
+
 def build_dlib_resnet(inputs: dict[str, Path], out_dir: Path, spec: ModelSpec) -> dict:
-    """Rebuild the network from the .dat, export out_dir/model.onnx, prove ONNX == torch, and return
-    the manifest extras. Raises BuildError (one line) for a bad file or a failed check."""
+    """Rebuild the network from the .dat, export out_dir/model.onnx, prove ONNX == torch, add the
+    verified int8 model (model.int8.onnx, see build_int8) and return the manifest extras.
+    Raises BuildError (one line) for a bad file or a failed check."""
     if DAT_NAME not in inputs:
         raise BuildError(f"{spec.name}: no {DAT_NAME} among the inputs ({', '.join(inputs) or 'none'})")
     net = read_dat(inputs[DAT_NAME])
@@ -274,4 +366,5 @@ def build_dlib_resnet(inputs: dict[str, Path], out_dir: Path, spec: ModelSpec) -
         "file": "model.onnx",
         "parity_max_abs": parity,
         "parity_real_faces": 0 if chips is None else len(chips),
+        "int8": build_int8(out_dir, spec),
     }

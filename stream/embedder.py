@@ -1,7 +1,12 @@
 """Face embeddings through ONNX Runtime: chips (aligned per the model's manifest) -> vectors.
 
 The CUDA provider is used when ONNX Runtime has it and a GPU is present; otherwise the CPU provider.
-Which one runs is logged once per model."""
+Precision: "fp32" runs the exported model; "int8" the statically quantised one the build verified
+against it (model.int8.onnx, manifest key "int8"; ~2x faster on CPUs with int8 dot products);
+"auto" takes int8 on CPU where the published model has it and fp32 otherwise (and always on CUDA,
+whose provider has no fast path for these QDQ graphs). The default is fp32: it reproduces dlib's own
+descriptors, and int8 (mean L2 ~0.036 from fp32) is a speed option a deployment chooses knowingly.
+Which provider and precision run is logged once per model."""
 
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ if TYPE_CHECKING:
     from stream.detector import Detections
 
 log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "int8")
 
 
 def _providers(device: str | None) -> list[str]:
@@ -51,11 +58,19 @@ class Embedder:
         home: Path | None = None,
         device: str | None = None,
         threads: int | None = None,
+        precision: str = "fp32",
     ):
+        if precision not in PRECISIONS:
+            raise FacestreamError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.name = name
         self.spec: ModelSpec = get_spec(name)
         manifest = read_manifest(name, home)
-        onnx_file = model_path(name, home) / manifest.get("file", "model.onnx")
+        providers = _providers(device)
+        self.precision = _choose_precision(name, manifest, home, precision, providers[0])
+        file_name = (
+            manifest.get("file", "model.onnx") if self.precision == "fp32" else manifest["int8"]["file"]
+        )
+        onnx_file = model_path(name, home) / file_name
         if not onnx_file.is_file():
             raise FacestreamError(
                 f"{onnx_file}: missing; rebuild with `facestream models pull --force {name}`"
@@ -67,9 +82,9 @@ class Embedder:
         # No busy-waiting between runs: the pipeline's stages share the cores, and a spinning
         # thread pool here steals them from detection (and from torch in the same process).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(onnx_file), sess_options=opts, providers=_providers(device))
+        self.session = ort.InferenceSession(str(onnx_file), sess_options=opts, providers=providers)
         self.provider = self.session.get_providers()[0]
-        log.info("embedder %s runs on %s", name, self.provider)
+        log.info("embedder %s runs on %s in %s (%s)", name, self.provider, self.precision, onnx_file.name)
         self.crop_spec: CropSpec = self.spec.crop
         self.dim = self.spec.dim
         self.metric = self.spec.metric
@@ -94,6 +109,20 @@ class Embedder:
         x = (chips.astype(np.float32) - self._mean) * self._inv_std
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         return self.session.run(None, {"input": x})[0]
+
+
+def _choose_precision(name: str, manifest: dict, home: Path | None, precision: str, provider: str) -> str:
+    int8 = manifest.get("int8") or {}
+    has_int8 = bool(int8.get("file")) and (model_path(name, home) / int8["file"]).is_file()
+    if precision == "fp32" or (precision == "auto" and (not has_int8 or provider != "CPUExecutionProvider")):
+        return "fp32"
+    if not has_int8:
+        why = int8.get("skipped") or "this build has no int8 model"
+        raise FacestreamError(
+            f"model {name!r} has no int8 version ({why}); use precision 'fp32' or 'auto', or rebuild "
+            f"with `facestream models pull --force {name}` where the shared face data is available"
+        )
+    return "int8"
 
 
 def distance(a: np.ndarray, b: np.ndarray, metric: str = "euclidean") -> np.ndarray:
