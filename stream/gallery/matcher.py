@@ -4,6 +4,12 @@ One pass over the matrix serves every face of a batch: squared Euclidean distanc
 |a|^2 + |b|^2 - 2 a.b with a single matmul, in blocks of gallery rows so that the (faces x block)
 product stays in cache. The pass is memory-bound, so its cost is the matrix size: 1M samples of
 128-d float32 is 512 MB read per batch (see benchmarks/bench_search.py).
+
+Big galleries (FAST_MIN_ROWS samples and up, on a CPU with native bf16) answer nearest() with
+search.Bf16Search instead: a bfloat16 coarse pass over half the bytes on 2 threads, then an exact
+float64 re-rank of every candidate the coarse error bound cannot rule out. Same sample, same
+decision as an exhaustive search (the proof is in search.py); distances agree within ~1e-7. The
+k-NN vote (match k>1) and top_k keep the exact float32 pass.
 """
 
 from __future__ import annotations
@@ -14,10 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from stream.errors import FacestreamError
+from stream.gallery.search import Bf16Search, bf16_supported
 from stream.gallery.store import Gallery
 
 # Gallery rows per matmul block: 10 faces x 16k rows x 4 B = 640 KB of products, L2-sized.
 BLOCK_ROWS = 16384
+# From this many samples up nearest() uses the bf16 kernel (below it the float32 pass is already
+# fast, and the bf16 copy is not worth its memory): see benchmarks/bench_search.py.
+FAST_MIN_ROWS = 65536
 
 
 @dataclass
@@ -30,7 +40,15 @@ class Match:
 class SampleIndex:
     """Exact NN over a matrix of samples grouped by person (rows of one person are contiguous)."""
 
-    def __init__(self, vectors: np.ndarray, person_ids: np.ndarray, metric: str = "euclidean"):
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        person_ids: np.ndarray,
+        metric: str = "euclidean",
+        fast: bool | None = None,
+    ):
+        """fast: use the bf16 kernel for nearest() (None: when the gallery is big enough and the CPU
+        has native bf16; True forces it, False keeps the float32 pass)."""
         if metric not in ("euclidean", "cosine"):
             raise FacestreamError(f"unsupported metric {metric!r}")
         self.metric = metric
@@ -47,6 +65,9 @@ class SampleIndex:
         else:
             self.group_starts = np.zeros(0, np.intp)
         self.group_person = self.person_ids[self.group_starts]
+        if fast is None:
+            fast = len(vectors) >= FAST_MIN_ROWS and vectors.shape[1] > 0 and bf16_supported()
+        self.fast: Bf16Search | None = Bf16Search(vectors, metric) if fast and len(vectors) else None
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -76,9 +97,26 @@ class SampleIndex:
         block += self.sq_norms[lo:hi]
         return block
 
+    @property
+    def nbytes(self) -> int:
+        """Memory of the search representations: float32 matrix + norms (+ the bf16 copy)."""
+        return self.vectors.nbytes + self.sq_norms.nbytes + (self.fast.nbytes if self.fast else 0)
+
     def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest sample per query: (sample index (N,), distance (N,)); -1 / inf if empty."""
         q = self._prepare(queries)
+        if self.fast is None or len(q) == 0:
+            return self._nearest_f32(q)
+        idx, dist, fallback = self.fast.nearest(q)
+        if fallback.any():  # non-finite queries: whatever the float32 pass makes of them
+            idx[fallback], dist[fallback] = self._nearest_f32(q[fallback])
+        return idx, dist
+
+    def nearest_exact(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """nearest() by the float32 pass over the whole matrix, whatever the gallery size."""
+        return self._nearest_f32(self._prepare(queries))
+
+    def _nearest_f32(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(q)
         best = np.full(n, np.inf, np.float32)
         arg = np.full(n, -1, np.int64)

@@ -1,0 +1,372 @@
+"""Exact 1:N nearest neighbour for big galleries: a bfloat16 coarse pass, then an exact re-rank.
+
+The float32 pass of SampleIndex reads 512 MB per batch at 1M samples of 128-d, and with 10 faces it
+is also compute-bound (2.6 GFLOP of float32). This kernel keeps a second, bfloat16 copy of the
+matrix (half the bytes, twice the multiply rate with AVX512-BF16) in blocks pre-packed for oneDNN
+and scores every sample with one matmul per block. The coarse scores only pick candidates; the
+answer comes from an exact float64 re-rank of those candidates against the float32 matrix. It is exact by construction, not by luck:
+
+Coarse score. Each row of the bf16 matrix is augmented so that the matmul directly yields
+    out_j = bf16( fp32sum( -a q~.b~_j + hb_j + lb_j + hq + lq ) )  ~=  t_j + c
+where t_j is the true distance-like score (euclidean: |q - b_j|^2; cosine: 1 - q.b_j; a = 2 or 1),
+x~ is x rounded to bf16, hb + lb a bf16 hi/lo split of |b_j|^2 and hq + lq one of |q|^2 + c (or
+1 + c). The small offset c > 0 keeps every out_j positive, so the bf16 bit patterns viewed as int16
+sort like the values and numpy's SIMD int16 min/compare do the selection.
+
+Error bound. With e_q = |q~ - q|, Nb = max_j |b~_j|, Eb = max_j |b~_j - b_j| (measured at build),
+|q~.b~ - q.b| <= e_q Nb + |q| Eb (Cauchy-Schwarz, twice). bf16 x bf16 products are exact in fp32;
+the fp32 sum of K terms errs by at most K 2^-24 times the sum of their magnitudes (we take twice
+that); the hi/lo splits' residuals are measured; the final rounding to bf16 errs by at most 2^-8
+of the value (true for round-to-nearest and for truncation). So, per query,
+    |out_j - (t_j + c)| <= D + rho out_j          (D per query, rho = 2^-8 / (1 - 2^-8)).
+If j* is the true nearest and m = min_j out_j the coarse best, then
+    out_j* (1 - rho) <= t_j* + c + D <= t_best + c + D <= m (1 + rho) + 2 D,
+so j* is among the candidates {j : out_j <= L(m) = (m (1 + rho) + 2 D) / (1 - rho)}: every sample
+within twice the coarse error of the coarse best is re-checked. The candidate set is adaptive (no
+fixed shortlist size): a gallery with many near-identical samples of one person just yields more
+candidates. For unit vectors D is about 0.007-0.014 in squared distance (~1e-2 in distance near
+0.6): a random 1M gallery leaves 1-2 candidates per query, 100 near-identical samples of one
+person up to ~80. tests/test_matcher_fast.py checks the bound's premises (fp32 accumulation, one
+rounding) against the scores torch computes on the machine. The re-rank computes float64 distances from the float32 rows, so the chosen
+sample is the one an exhaustive float64 search picks (lowest index among exact ties).
+
+Memory: the bf16 copy is n x 136 x 2 B (128 + 4 augmentation columns, padded to 8), which
+oneDNN's packed layout pads to 160 columns: 320 MB at 1M (272 MB unpacked). It comes on top of the
+float32 matrix (512 MB), which stays: the re-rank reads its candidate rows from it (and could not
+from the bf16 copy), and the k-NN vote and per-person top-k still run exact float32 passes over it.
+
+Threads: SEARCH_THREADS worker threads take blocks from one queue, each running torch single-
+threaded (torch releases the GIL in the matmul, numpy in its reductions): no OpenMP barrier per
+block (a barrier costs a scheduler tick when other processes hold the cores), and a worker kept off
+its core delays the answer by one block at most. The workers' torch thread count is set in those
+threads only (OpenMP/MKL thread counts are per thread); the caller's torch setting is untouched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import numpy as np
+
+# Worker threads for the coarse pass (the deployment target has 2 cores shared by the stages).
+SEARCH_THREADS = max(1, min(2, os.cpu_count() or 1))
+# Augmented width: 128-d embeddings + |b|^2 (hi, lo) + query constant (hi, lo), padded to 8.
+_EXTRA = 4
+_RHO = 2.0**-8 / (1.0 - 2.0**-8)  # bf16 output rounding, relative to the rounded value
+_U32 = 2.0**-24  # float32 unit roundoff
+# Rows per block, one matmul each (at least one block per worker; bigger blocks: fewer calls, and
+# 131072 rows x 10 faces of bf16 scores = 2.6 MB stay in L3 for the selection that follows).
+MIN_BLOCK_ROWS = 16384
+MAX_BLOCK_ROWS = 131072
+_TINY = 1e-30  # flush-to-zero of bf16/fp32 denormals (|x| < 2^-126) in the dot product unit
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+@lru_cache(maxsize=1)
+def bf16_supported() -> bool:
+    """torch importable and the CPU computes bf16 dot products natively (AVX512-BF16 or AMX);
+    elsewhere torch emulates bf16 and the float32 path is as fast."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # this worker thread's OpenMP/MKL setting only
+
+
+def _search_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            import torch
+
+            caller_threads = torch.get_num_threads()
+            barrier = threading.Barrier(SEARCH_THREADS)
+            pool = ThreadPoolExecutor(SEARCH_THREADS, "facestream-search", initializer=_worker_init)
+            # Start every worker now (the barrier makes the pool spawn all of them) ...
+            for f in [pool.submit(barrier.wait, 10) for _ in range(SEARCH_THREADS)]:
+                f.result()
+            # ... then undo the one side effect of torch.set_num_threads(1) in a worker: it also sets
+            # the default that threads which never touched torch will start with.
+            torch.set_num_threads(caller_threads)
+            _pool = pool
+        return _pool
+
+
+class _Packed:
+    """A block of the bf16 matrix in oneDNN's blocked weight layout (torch's inductor uses the
+    same two ops for frozen linear layers): the skinny (faces x rows) product then streams the
+    block without re-laying it out on every call, about 1.6x faster than torch.mm here."""
+
+    def __init__(self, rows):
+        import torch
+
+        self.rows = len(rows)
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(rows, 10)
+
+    def scores(self, qa):
+        import torch
+
+        return torch.ops.mkldnn._linear_pointwise(qa, self.weight, None, "none", [], "")
+
+
+class _Plain:
+    def __init__(self, rows):
+        self.rows = len(rows)
+        self.weight = rows
+
+    def scores(self, qa):
+        import torch
+
+        return torch.mm(qa, self.weight.T)
+
+
+def _pack(rows):
+    """Packed block if this torch has the oneDNN ops and they agree with torch.mm, else plain."""
+    import torch
+
+    try:
+        packed = _Packed(rows)
+        probe = torch.ones((3, rows.shape[1]), dtype=torch.bfloat16)
+        if torch.equal(packed.scores(probe), torch.mm(probe, rows.T)):
+            return packed
+    except (AttributeError, RuntimeError):  # a torch without mkldnn, or a changed private API
+        pass
+    return _Plain(rows)
+
+
+class _BlockQueue:
+    """Block numbers 0..n-1, each handed out once, to whichever thread asks first."""
+
+    def __init__(self, n: int):
+        self._next = itertools.count()
+        self._n = n
+
+    def __iter__(self) -> Iterator[int]:
+        while (b := next(self._next)) < self._n:  # itertools.count is atomic under the GIL
+            yield b
+
+
+def _bf16_round(x: np.ndarray) -> np.ndarray:
+    """float32 -> nearest bfloat16 (round half to even), returned as float32 (exact values)."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    u = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return u.view(np.float32)
+
+
+def _split_hi_lo(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (float64) ~= hi + lo with hi, lo bfloat16 values; returns hi, lo (float32) and |residual|."""
+    hi = _bf16_round(x.astype(np.float32))
+    lo = _bf16_round((x - hi).astype(np.float32))
+    return hi, lo, np.abs(hi.astype(np.float64) + lo.astype(np.float64) - x)
+
+
+def _key_to_value(key: np.ndarray) -> np.ndarray:
+    """int16 bit patterns of non-negative bf16 numbers -> float64 values."""
+    return (key.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
+
+
+def _value_to_key(v: np.ndarray) -> np.ndarray:
+    """Smallest bf16 bit pattern (as int16) strictly above every bf16 number <= v, for v >= 0: a
+    compare `key <= result` keeps every score <= v (and possibly one bf16 step more: harmless)."""
+    f = np.minimum(np.asarray(v, np.float64), 3.0e38).astype(np.float32)
+    k = (f.view(np.uint32) >> np.uint32(16)).astype(np.int32) + 1
+    return np.minimum(k, 0x7F7F).astype(np.int16)
+
+
+class Bf16Search:
+    """bf16 coarse pass + exact float64 re-rank over `vectors` (float32, rows already prepared:
+    unit rows for cosine). `nearest` returns the same sample as an exhaustive float64 search."""
+
+    def __init__(self, vectors: np.ndarray, metric: str = "euclidean", threads: int | None = None):
+        import torch
+
+        if metric not in ("euclidean", "cosine"):
+            raise ValueError(f"unsupported metric {metric!r}")
+        self.metric = metric
+        self.vectors = np.ascontiguousarray(vectors, np.float32)
+        self.threads = threads or SEARCH_THREADS
+        n, dim = self.vectors.shape
+        self.width = -(-(dim + _EXTRA) // 8) * 8
+        # Fixed blocks of rows, at least one per worker; each pre-packed for oneDNN when possible.
+        self.block = int(np.clip(-(-n // self.threads), MIN_BLOCK_ROWS, MAX_BLOCK_ROWS))
+        self.starts = list(range(0, n, self.block))
+        self.blocks: list[_Packed | _Plain] = []
+        nb_max = eb_max = sq_max = en_max = 0.0
+        for lo in self.starts:
+            b = self.vectors[lo : lo + self.block]
+            aug = torch.zeros((len(b), self.width), dtype=torch.bfloat16)
+            bt16 = torch.from_numpy(b).to(torch.bfloat16)
+            aug[:, :dim] = bt16
+            bt = bt16.float().numpy()  # what is stored: the bound is measured on it
+            nb_max = max(nb_max, float(np.sqrt(np.einsum("ij,ij->i", bt, bt, dtype=np.float64).max())))
+            diff = bt - b  # exact in float32: bt is b rounded to 8 significant bits
+            eb_max = max(eb_max, float(np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64).max())))
+            if metric == "euclidean":
+                sq = np.einsum("ij,ij->i", b, b, dtype=np.float64)
+                hi, lo_, res = _split_hi_lo(sq)
+                aug[:, dim] = torch.from_numpy(hi).to(torch.bfloat16)  # exact: bf16 values
+                aug[:, dim + 1] = torch.from_numpy(lo_).to(torch.bfloat16)
+                sq_max, en_max = max(sq_max, float(sq.max())), max(en_max, float(res.max()))
+            aug[:, dim + 2 : dim + 4] = 1.0
+            self.blocks.append(_pack(aug))
+        self.packed = all(isinstance(b, _Packed) for b in self.blocks)
+        # Per-gallery constants of the error bound (module docstring), rounded up a little.
+        self.nb_max = nb_max * (1 + 1e-12)
+        self.eb_max = eb_max * (1 + 1e-12)
+        self.sq_max = sq_max
+        self.en_max = en_max * (1 + 1e-12)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the bf16 copy (the float32 matrix it re-ranks from is the caller's)."""
+        # oneDNN's packed layout pads the row width to a multiple of 32 (measured: 136 -> 160).
+        width = -(-self.width // 32) * 32 if self.packed else self.width
+        return 2 * len(self) * width
+
+    # ----- query side ------------------------------------------------------------------------
+    def _query_rows(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(augmented bf16 query rows as float32, per-query absolute error bound D)."""
+        n_q, dim = q.shape
+        alpha = 2.0 if self.metric == "euclidean" else 1.0
+        qt = _bf16_round(q)
+        diff = qt - q  # exact
+        e_q = np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))
+        q_norm = np.sqrt(np.einsum("ij,ij->i", q, q, dtype=np.float64))
+        qt_norm = np.sqrt(np.einsum("ij,ij->i", qt, qt, dtype=np.float64))
+        base = q_norm**2 if self.metric == "euclidean" else np.ones(n_q)
+        dot_err = alpha * (e_q * self.nb_max + q_norm * self.eb_max)
+        norm_b = self.en_max if self.metric == "euclidean" else 0.0
+        gamma = 2.0 * (self.width + 1) * _U32
+        b_terms = 2.0 * self.sq_max if self.metric == "euclidean" else 0.0  # |hb| + |lb|
+
+        def bound(c: np.ndarray, res_q: np.ndarray) -> np.ndarray:
+            magnitudes = alpha * qt_norm * self.nb_max + b_terms + 2.0 * (base + c)
+            return dot_err + norm_b + res_q + gamma * magnitudes + _TINY
+
+        # c > D keeps every coarse score positive; D depends on c only through tiny terms.
+        c = 2.0 * bound(2.0 * dot_err + 1e-6 * base, np.zeros(n_q)) + 1e-6 * base
+        hq, lq, res_q = _split_hi_lo(base + c)
+        d = bound(c, res_q)
+        rows = np.zeros((n_q, self.width), np.float32)
+        rows[:, :dim] = -alpha * qt  # exact: bf16 times a power of two
+        if self.metric == "euclidean":
+            rows[:, dim : dim + 2] = 1.0
+        rows[:, dim + 2] = hq
+        rows[:, dim + 3] = lq
+        if not np.all(c > d):
+            raise ArithmeticError("bf16 search: offset does not cover the error bound")
+        return rows, d
+
+    @staticmethod
+    def _limit(best: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return (best * (1 + _RHO) + 2.0 * d) / (1 - _RHO)
+
+    # ----- coarse pass -----------------------------------------------------------------------
+    def _scan(self, qa, d: np.ndarray, which: Iterable[int]):
+        """Coarse scores of the blocks `which` yields: the running best per query and every row
+        that was within L(running best) when seen (a superset of those within L(final best))."""
+        import torch
+
+        n_q = qa.shape[0]
+        best = np.full(n_q, np.inf)
+        bad = np.zeros(n_q, bool)
+        cands: list[tuple[int, np.ndarray, np.ndarray]] = []
+        for b in which:
+            key = self.blocks[b].scores(qa).view(torch.int16).numpy()  # (n_q, rows)
+            kmin = key.min(axis=1)
+            bad |= kmin < 0  # a negative score: the bound's premise failed (never seen)
+            best = np.minimum(best, _key_to_value(np.maximum(kmin, 0)))
+            lim = _value_to_key(self._limit(best, d))
+            for i in np.flatnonzero(kmin <= lim):
+                j = np.flatnonzero(key[i] <= lim[i])
+                cands.append((int(i), j + self.starts[b], key[i, j].copy()))
+        return best, bad, cands
+
+    def nearest(self, q: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """q: (N, dim) float32, prepared like the rows. Returns (index (N,), distance (N,) float64,
+        fallback (N,) bool): rows flagged fallback (non-finite query, or a negative coarse score,
+        which the bound rules out) have no answer here and must be searched exactly.
+        threads: worker threads for the coarse pass (default self.threads)."""
+        import torch
+
+        q = np.ascontiguousarray(q, np.float32)
+        n_q, n = len(q), len(self)
+        idx = np.full(n_q, -1, np.int64)
+        dist = np.full(n_q, np.inf)
+        fallback = ~np.all(np.isfinite(q), axis=1)
+        ok = np.flatnonzero(~fallback)
+        if n == 0 or len(ok) == 0:
+            return idx, dist, fallback | (n == 0)
+        rows, d = self._query_rows(q[ok])
+        qa = torch.from_numpy(rows).to(torch.bfloat16)  # exact (values are bf16 already)
+        # Workers take blocks from one queue, so a worker that another process keeps off its core
+        # delays the answer by one block at most. Even one thread runs in a worker: there torch is
+        # single-threaded whatever the caller's setting.
+        threads = max(1, min(threads or self.threads, SEARCH_THREADS, len(self.blocks)))
+        queue = _BlockQueue(len(self.blocks))
+        futures = [_search_pool().submit(self._scan, qa, d, queue) for _ in range(threads)]
+        parts = [f.result() for f in futures]
+        best = np.min([p[0] for p in parts], axis=0)
+        bad = np.any([p[1] for p in parts], axis=0)
+        lim = _value_to_key(self._limit(best, d))
+        per_query: list[list[np.ndarray]] = [[] for _ in range(len(ok))]
+        for _, _, cands in parts:
+            for i, j, k in cands:
+                per_query[i].append(j[k <= lim[i]])
+        # Exact re-rank: float64 distances from the float32 rows (candidates in index order, so
+        # argmin keeps the lowest index among exact ties, like an exhaustive argmin).
+        for pos, i in enumerate(ok):
+            if bad[pos]:
+                fallback[i] = True
+                continue
+            cand = np.sort(np.concatenate(per_query[pos])) if per_query[pos] else np.zeros(0, np.int64)
+            if len(cand) == 0:  # every score overflowed (absurd vector norms): no coarse answer
+                fallback[i] = True
+                continue
+            rows64 = self.vectors[cand].astype(np.float64)
+            q64 = q[i].astype(np.float64)
+            if self.metric == "euclidean":
+                diff = rows64 - q64
+                score = np.einsum("ij,ij->i", diff, diff)
+            else:
+                score = 1.0 - rows64 @ q64
+            j = int(np.argmin(score))
+            idx[i] = cand[j]
+            dist[i] = np.sqrt(score[j]) if self.metric == "euclidean" else max(score[j], 0.0)
+        return idx, dist, fallback
+
+    def candidates_count(self, q: np.ndarray) -> np.ndarray:
+        """How many samples each query re-ranks (diagnostics for tests and the benchmark)."""
+        import torch
+
+        q = np.ascontiguousarray(q, np.float32)
+        rows, d = self._query_rows(q)
+        best, _, cands = self._scan(
+            torch.from_numpy(rows).to(torch.bfloat16), d, list(range(len(self.blocks)))
+        )
+        lim = _value_to_key(self._limit(best, d))
+        counts = np.zeros(len(q), np.int64)
+        for i, _, k in cands:
+            counts[i] += int(np.sum(k <= lim[i]))
+        return counts
