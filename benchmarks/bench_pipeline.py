@@ -1,0 +1,248 @@
+"""Benchmark `facestream run` on the shared clip (1080p) and a 640x360 copy made here: as fast as possible
+and with --realtime, against a single-process loop with the same models. Prints markdown tables.
+
+    python benchmarks/bench_pipeline.py [--clips 1080p 360p] [--min-face 20] [--threads 1]
+
+Per-stage latencies come from the JSONL (`latency_ms`: each stage including the queue before it);
+CPU per stage from /proc (user+system seconds of each stage process, sampled while it runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP = REPO.parent / "shared" / "data" / "video" / "facenet-pytorch-video.mp4"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def make_small(src: Path, dst: Path, size=(640, 360)) -> Path:
+    cap = cv2.VideoCapture(str(src))
+    out = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), cap.get(cv2.CAP_PROP_FPS) or 25.0, size)
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        out.write(cv2.resize(frame, size, interpolation=cv2.INTER_AREA))
+    out.release()
+    return dst
+
+
+def make_gallery(tmp: Path) -> Path:
+    """One person enrolled from a crop of the clip's first frame (the largest face)."""
+    cap = cv2.VideoCapture(str(CLIP))
+    ok, frame = cap.read()
+    x1, y1, x2, y2 = 285, 722, 377, 834
+    cv2.imwrite(str(tmp / "subject.png"), frame[y1 - 56 : y2 + 56, x1 - 46 : x2 + 46])
+    gallery = tmp / "g.db"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream",
+            "enroll",
+            "--gallery",
+            str(gallery),
+            "--force",
+            "--largest",
+            "subject",
+            str(tmp / "subject.png"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return gallery
+
+
+def stage_cpu(sup_pid: int, seen: dict[int, tuple[str, float]]) -> None:
+    """Record user+system CPU seconds of each stage process (children of the supervisor)."""
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[1]) != sup_pid:
+                continue
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if b"stage" in cmd:
+            role = cmd[cmd.index(b"stage") + 1].decode()
+            seen[int(p.name)] = (role, (int(stat[11]) + int(stat[12])) / TICK)
+
+
+def pct(values, qs=(50, 95, 99)) -> list[float]:
+    if not len(values):
+        return [float("nan")] * len(qs)
+    return [float(np.percentile(values, q)) for q in qs]
+
+
+def run_pipeline(clip: Path, gallery: Path, tmp: Path, realtime: bool, cfg_text: str) -> dict:
+    out = tmp / "r.jsonl"
+    cfg = tmp / "bench.yaml"
+    cfg.write_text(cfg_text)
+    args = [
+        sys.executable,
+        "-m",
+        "stream",
+        "run",
+        "--config",
+        str(cfg),
+        "--source",
+        str(clip),
+        "--gallery",
+        str(gallery),
+        "--out",
+        str(out),
+    ]
+    if realtime:
+        args.append("--realtime")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    cpu: dict[int, tuple[str, float]] = {}
+    while proc.poll() is None:
+        stage_cpu(proc.pid, cpu)
+        time.sleep(0.2)
+    stderr = proc.stderr.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"pipeline failed ({proc.returncode}):\n{stderr[-3000:]}")
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    lat = {k: np.array([r["latency_ms"][k] for r in rows]) for k in ("detect", "embed", "match", "total")}
+    first = min(r["t_capture"] for r in rows)
+    per_role: dict[str, float] = {}
+    for role, sec in cpu.values():
+        per_role[role] = per_role.get(role, 0.0) + sec
+    capture_ns = sorted(r["t_capture"] for r in rows)
+    span = capture_ns[-1] - first
+    return {
+        "frames": len(rows),
+        "wall": time.monotonic() - t0,
+        # Throughput from the first capture to the last result (model loading excluded).
+        "fps": len(rows) / max(span + lat["total"][-1] / 1000, 1e-9),
+        "e2e": pct(lat["total"]),
+        "stages": {k: pct(lat[k], (50, 95)) for k in ("detect", "embed", "match")},
+        "cpu": per_role,
+        "summary": stderr[stderr.find("facestream run summary") :],
+    }
+
+
+def run_single(clip: Path, gallery: Path, min_face: int, threads: int | None) -> dict:
+    """The same models in one process, one frame at a time: read, detect, align, embed, match."""
+    from stream.detector import MTCNN
+    from stream.embedder import Embedder
+    from stream.gallery.matcher import Matcher
+    from stream.modelstore import model_path
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    det = MTCNN(weights_dir=model_path("mtcnn"), min_face_size=min_face)
+    emb = Embedder(threads=threads)
+    matcher = Matcher(gallery, emb.name)
+    cap = cv2.VideoCapture(str(clip))
+    lat = []
+    t0 = time.monotonic()
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        t = time.monotonic()
+        frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        d = det.detect([frame])[0]
+        if len(d.boxes):
+            matcher.match(emb.embed(emb.crop(frame, d)))
+        lat.append((time.monotonic() - t) * 1000)
+    wall = time.monotonic() - t0
+    return {"frames": len(lat), "fps": len(lat) / wall, "e2e": pct(lat)}
+
+
+def fmt(x: float) -> str:
+    return "-" if x != x else f"{x:.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clips", nargs="+", default=["360p", "1080p"], choices=["360p", "1080p"])
+    ap.add_argument("--min-face", type=int, default=20, help="MTCNN min_face_size (pixels)")
+    ap.add_argument("--threads", type=int, default=None, help="torch/ORT threads per stage process")
+    ap.add_argument("--hwm", type=int, default=2)
+    ap.add_argument("--no-single", action="store_true")
+    args = ap.parse_args()
+    if not CLIP.is_file():
+        raise SystemExit(f"{CLIP}: shared clip not found")
+    threads = f"threads: {args.threads}, " if args.threads else ""
+    cfg_text = (
+        f"detect: {{{threads}min_face_size: {args.min_face}, max_batch: 4, max_wait_ms: 5}}\n"
+        f"embed: {{{threads}max_batch: 32, max_wait_ms: 2}}\ntransport: {{hwm: {args.hwm}}}\n"
+    )
+    results = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        gallery = make_gallery(tmp)
+        clips = (
+            {"1080p": CLIP, "360p": make_small(CLIP, tmp / "clip360.mp4")}
+            if "360p" in args.clips
+            else {"1080p": CLIP}
+        )
+        for name in args.clips:
+            clip = clips[name]
+            for realtime in (False, True):
+                r = run_pipeline(clip, gallery, tmp, realtime, cfg_text)
+                r.update(
+                    clip=name, mode="pipeline --realtime" if realtime else "pipeline, as fast as possible"
+                )
+                results.append(r)
+                print(f"[{name} {r['mode']}] {r['frames']} frames, {r['fps']:.1f} fps", file=sys.stderr)
+            if not args.no_single:
+                s = run_single(clip, gallery, args.min_face, args.threads)
+                s.update(clip=name, mode="single process loop")
+                results.append(s)
+    total = cv2.VideoCapture(str(CLIP)).get(cv2.CAP_PROP_FRAME_COUNT)
+    print(
+        f"\nConfig: min_face_size {args.min_face}, threads per stage {args.threads or 'default'}, "
+        f"hwm {args.hwm}; {os.cpu_count()} CPUs\n"
+    )
+    print("| clip | mode | frames out | dropped | frames/s | e2e p50 ms | e2e p95 ms | e2e p99 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['clip']} | {r['mode']} | {r['frames']} | {int(total - r['frames'])} | {r['fps']:.1f} | "
+            + " | ".join(fmt(x) for x in r["e2e"])
+            + " |"
+        )
+    print(
+        "\n| clip | mode | detect p50/p95 ms | embed p50/p95 ms | match p50/p95 ms | CPU s: capture / detect / embed / match / sink |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        if "stages" not in r:
+            continue
+        st = r["stages"]
+        cpu = " / ".join(f"{r['cpu'].get(k, 0):.1f}" for k in ("capture", "detect", "embed", "match", "sink"))
+        print(
+            f"| {r['clip']} | {r['mode']} | "
+            + " | ".join(f"{fmt(st[k][0])} / {fmt(st[k][1])}" for k in ("detect", "embed", "match"))
+            + f" | {cpu} |"
+        )
+    print("\n| clip | pipeline / single-process throughput | pipeline / single-process e2e p50 |")
+    print("|---|---|---|")
+    for name in args.clips:
+        fast = next((r for r in results if r["clip"] == name and r["mode"].endswith("possible")), None)
+        single = next((r for r in results if r["clip"] == name and r["mode"] == "single process loop"), None)
+        if fast and single:
+            print(f"| {name} | {fast['fps'] / single['fps']:.2f} | {fast['e2e'][0] / single['e2e'][0]:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

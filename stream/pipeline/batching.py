@@ -1,0 +1,87 @@
+"""Dynamic batching: take what is waiting, up to max_batch, waiting at most max_wait_ms after the
+first message. Never waits for every camera: a lone camera's frame leaves after max_wait_ms at most.
+
+Bad messages are counted and skipped here, so no stage sees an undecoded buffer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zmq
+
+from stream.pipeline import metrics, transport, wire
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Received:
+    msg: wire.Message
+    at_ns: int  # monotonic ns when this stage took it (end of its queue wait)
+
+
+# What each consuming stage takes; anything else is a bad message for it.
+ACCEPTS = {
+    "detect": {wire.FRAME, wire.EOS, wire.EVENT},
+    "embed": {wire.DETS, wire.EOS, wire.EVENT},
+    "match": {wire.FACES, wire.EOS, wire.EVENT},
+    "sink": {wire.RESULT, wire.EOS, wire.EVENT},
+}
+
+
+def receive(sock: zmq.Socket, stage: str, flags: int = 0) -> Received | None:
+    """One message, decoded and validated; None (counted) when it is bad."""
+    parts = transport.recv_parts(sock, flags)
+    at = time.monotonic_ns()
+    try:
+        msg = wire.decode(parts)
+        if msg.kind not in ACCEPTS.get(stage, wire.KINDS):
+            raise wire.WireError(f"{stage} does not take {msg.kind!r} messages")
+        return Received(msg, at)
+    except wire.WireError as e:
+        metrics.get().bad_messages_total.labels(stage).inc()
+        log.warning("%s: dropped a bad message: %s", stage, e)
+        return None
+
+
+def take_batch(
+    sock: zmq.Socket,
+    stage: str,
+    max_batch: int,
+    max_wait_ms: float,
+    idle_ms: int = 200,
+    weigh: Callable[[wire.Message], int] = lambda m: 1,
+) -> list[Received]:
+    """Up to max_batch units of work (weigh: 1 per frame, or faces per frame for embed).
+
+    Returns [] after idle_ms with nothing (so the caller can check for shutdown). A control message
+    (eos, event) closes the batch: it must leave after the frames that came before it."""
+    batch: list[Received] = []
+    weight = 0
+    deadline: float | None = None
+    while True:
+        if deadline is None:
+            timeout = idle_ms
+        else:
+            timeout = max(0, int((deadline - time.monotonic()) * 1000))
+            if weight >= max_batch:
+                break
+        if not sock.poll(timeout, zmq.POLLIN):
+            if deadline is None and not batch:
+                return batch
+            break
+        got = receive(sock, stage, zmq.NOBLOCK)
+        if got is None:
+            continue
+        batch.append(got)
+        if got.msg.kind not in (wire.FRAME, wire.DETS, wire.FACES):
+            break
+        weight += max(1, weigh(got.msg))
+        if deadline is None:
+            deadline = time.monotonic() + max_wait_ms / 1000.0
+        if weight >= max_batch:
+            break
+    return batch

@@ -1,0 +1,246 @@
+"""Frame sources: webcam index, video file, rtsp:// / http(s):// URL, folder of images. All give RGB
+uint8 frames (BGR->RGB happens here, once).
+
+Live sources (webcams, URLs) are read by `LiveFeed`, a reader thread that keeps only the latest frame
+(a busy pipeline never makes a camera queue old frames) and reopens a dropped camera with capped
+exponential backoff, reporting up/down through a callback."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from stream.errors import FacestreamError
+
+log = logging.getLogger(__name__)
+
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+OPEN_TIMEOUT_MS = 5000
+
+
+class SourceError(FacestreamError):
+    """A source that cannot be opened or read (one line, names the source)."""
+
+
+def is_live(url: str) -> bool:
+    return url.isdigit() or url.lower().startswith(LIVE_SCHEMES)
+
+
+def check(url: str) -> str | None:
+    """A reason a local source cannot work (missing file, empty folder), without opening it."""
+    if is_live(url):
+        return None
+    p = Path(url).expanduser()
+    if not p.exists():
+        return f"{url}: no such file or folder"
+    if p.is_dir() and not _images(p):
+        return f"{url}: folder has no images"
+    return None
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+class VideoSource:
+    """cv2.VideoCapture over a file, a webcam index or a stream URL."""
+
+    def __init__(self, url: str, fps: float | None = None):
+        self.url = url
+        self.live = is_live(url)
+        self._fps = fps
+        self._cap: cv2.VideoCapture | None = None
+
+    def open(self) -> None:
+        problem = check(self.url)
+        if problem:
+            raise SourceError(problem)
+        if self.url.isdigit():
+            cap = cv2.VideoCapture(int(self.url))
+        else:
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                OPEN_TIMEOUT_MS,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                OPEN_TIMEOUT_MS,
+            ]
+            cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
+        if not cap.isOpened():
+            cap.release()
+            what = "cannot open camera" if self.live else "cannot decode video"
+            raise SourceError(f"{self.url}: {what}")
+        self._cap = cap
+
+    @property
+    def fps(self) -> float | None:
+        if self._fps:
+            return self._fps
+        fps = self._cap.get(cv2.CAP_PROP_FPS) if self._cap is not None else 0.0
+        return fps if 0 < fps < 1000 else None
+
+    def read(self) -> np.ndarray | None:
+        """The next RGB frame; None at the end of a file or when a live stream stops delivering."""
+        if self._cap is None:
+            return None
+        ok, bgr = self._cap.read()
+        if not ok or bgr is None:
+            return None
+        if bgr.ndim == 2:
+            return cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class FolderSource:
+    """The images of a folder in name order, as a finite stream. Undecodable files are skipped
+    (logged), not fatal."""
+
+    live = False
+
+    def __init__(self, url: str, fps: float | None = None):
+        self.url = url
+        self.fps = fps
+        self._files: list[Path] = []
+        self.skipped: list[str] = []
+
+    def open(self) -> None:
+        problem = check(self.url)
+        if problem:
+            raise SourceError(problem)
+        self._files = _images(Path(self.url).expanduser())
+
+    def read(self) -> np.ndarray | None:
+        from stream.imageio import load_image
+
+        while self._files:
+            path = self._files.pop(0)
+            try:
+                return load_image(path)
+            except FacestreamError as e:
+                log.warning("skipping %s", e)
+                self.skipped.append(str(path))
+        return None
+
+    def close(self) -> None:
+        self._files = []
+
+
+def open_source(url: str, fps: float | None = None) -> VideoSource | FolderSource:
+    """Not opened yet: call .open() (raises SourceError)."""
+    if not is_live(url) and Path(url).expanduser().is_dir():
+        return FolderSource(url, fps)
+    return VideoSource(url, fps)
+
+
+class Backoff:
+    """Capped exponential delays: initial, 2x, 4x ... up to cap; reset() after a success."""
+
+    def __init__(self, initial_s: float, cap_s: float):
+        self.initial, self.cap = initial_s, cap_s
+        self.attempt = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.initial * (2**self.attempt))
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class LiveFeed:
+    """Reads a live source in a thread; `latest()` hands out the newest frame only.
+
+    on_state(up: bool, reason: str) is called on every up/down transition (metrics, events, log)."""
+
+    def __init__(
+        self,
+        source: VideoSource,
+        backoff: Backoff,
+        on_state: Callable[[bool, str], None],
+        on_reconnect: Callable[[], None] = lambda: None,
+    ):
+        self.source = source
+        self.backoff = backoff
+        self.on_state = on_state
+        self.on_reconnect = on_reconnect
+        self._cond = threading.Condition()
+        self._frame: np.ndarray | None = None
+        self._index = 0  # frames read from the camera so far
+        self._taken = 0  # index of the last frame handed out
+        self.overwritten = 0  # frames replaced before anyone took them
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="live-feed", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=OPEN_TIMEOUT_MS / 1000 + 1)
+        self.source.close()
+
+    def latest(self, timeout_s: float) -> tuple[np.ndarray, int] | None:
+        """The newest frame not handed out yet and its read index, or None after timeout_s."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._index > self._taken or self._stop.is_set(), timeout_s):
+                return None
+            if self._index <= self._taken:
+                return None
+            self._taken = self._index
+            frame, self._frame = self._frame, None
+            return frame, self._index
+
+    @property
+    def frames_read(self) -> int:
+        return self._index
+
+    def _run(self) -> None:
+        up = False
+        first = True
+        while not self._stop.is_set():
+            if not up:
+                try:
+                    if not first:
+                        self.on_reconnect()
+                    first = False
+                    self.source.open()
+                except SourceError as e:
+                    delay = self.backoff.next()
+                    self.on_state(False, f"{e}; retrying in {delay:.1f}s")
+                    self._stop.wait(delay)
+                    continue
+                up = True
+                self.backoff.reset()
+                self.on_state(True, "opened")
+            frame = self.source.read()
+            if frame is None:
+                up = False
+                self.source.close()
+                self.on_state(False, f"{self.source.url}: stream stopped delivering frames")
+                continue
+            with self._cond:
+                if self._index > self._taken:
+                    self.overwritten += 1
+                self._frame = frame
+                self._index += 1
+                self._cond.notify_all()
+
+
+def sleep_until(deadline: float) -> None:
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)

@@ -1,0 +1,176 @@
+"""Capture: one process per source. Reads frames (RGB), stamps them and pushes them to detect.
+
+Files (default): every frame, blocking backpressure, then an end-of-stream message.
+Files with realtime, and live sources: paced / latest-frame; a frame the pipeline cannot take at
+once is dropped and counted (reason "busy"), frames decoded too late for their slot are "late"."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+
+import zmq
+
+from stream.pipeline import metrics, transport, wire
+from stream.pipeline.config import PipelineConfig
+from stream.pipeline.sources import Backoff, LiveFeed, SourceError, open_source, sleep_until
+from stream.pipeline.stages.base import EXIT_OK, EXIT_SOURCE_FAILED, Stop, report_ready, send_blocking
+
+log = logging.getLogger(__name__)
+STAGE = "capture"
+
+
+class Capture:
+    def __init__(self, cfg: PipelineConfig, index: int, stop: Stop):
+        self.cfg = cfg
+        self.src = cfg.sources[index]
+        self.cam: str = self.src.name  # type: ignore[assignment]
+        self.stop = stop
+        self.m = metrics.get()
+        self.sent = 0
+        self.dropped: Counter[str] = Counter()
+        self.pending_events: deque[wire.Message] = deque()
+        self.ctx = zmq.Context()
+        # Linger forever: the last frames and the end-of-stream may sit in the queue for a while when
+        # detect is busy with other cameras; exiting must not discard them (the supervisor bounds it).
+        self.out = transport.socket(
+            self.ctx, zmq.PUSH, bind=cfg.endpoint("capture", index), hwm=cfg.transport.hwm, linger_ms=-1
+        )
+        self._up: bool | None = None
+
+    # ----- state, events -----------------------------------------------------------------------
+    def set_state(self, up: bool, reason: str) -> None:
+        self.m.camera_up.labels(self.cam).set(1 if up else 0)
+        if up or reason in ("end of file", "stopped"):
+            log.info("camera %s %s: %s", self.cam, "up" if up else "down", reason if not up else self.src.url)
+        else:
+            log.warning("camera %s down: %s", self.cam, reason)
+        if up != self._up:
+            self._up = up
+            event = {
+                "type": "camera_up" if up else "camera_down",
+                "camera": self.cam,
+                "reason": reason,
+                "time": time.time(),
+            }
+            self.pending_events.append(wire.event_message(self.cam, event))
+
+    def flush_events(self) -> None:
+        # Events are never dropped: kept until a peer takes them (they are tiny and rare).
+        while self.pending_events and transport.try_send(self.out, self.pending_events[0]):
+            self.pending_events.popleft()
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+        self.m.frames_dropped_total.labels(STAGE, self.cam, reason).inc()
+
+    def emit(self, frame, seq: int, fps: float | None, pts: float | None = None) -> wire.Message:
+        """pts: the frame's time in the video (files), for tracking; live frames use wall time."""
+        meta = {"fps": fps} if pts is None else {"fps": fps, "pts": pts}
+        return wire.frame_message(self.cam, seq, frame, **meta)
+
+    def sent_one(self) -> None:
+        self.sent += 1
+        self.m.frames_total.labels(STAGE, self.cam).inc()
+
+    def finish(self, read: int, error: str | None = None) -> None:
+        self.flush_events()
+        for ev in list(self.pending_events):
+            send_blocking(self.out, ev, self.stop, timeout_s=5)
+        eos = wire.eos_message(self.cam, self.sent, read=read, dropped=dict(self.dropped), error=error)
+        if not send_blocking(self.out, eos, _Never(), timeout_s=self.cfg.capture.send_timeout_s):
+            log.error("camera %s: nobody took the end-of-stream message", self.cam)
+
+    # ----- files ----------------------------------------------------------------------------------
+    def run_file(self, source) -> int:
+        try:
+            source.open()
+        except SourceError as e:
+            self.set_state(False, str(e))
+            log.error("camera %s failed: %s", self.cam, e)
+            self.finish(0, error=str(e))
+            return EXIT_SOURCE_FAILED
+        self.set_state(True, "opened")
+        realtime = self.cfg.capture.realtime
+        fps = source.fps or 25.0
+        period = 1.0 / fps
+        # Realtime pacing starts when detect is connected, not while models are still loading.
+        while not self.stop and not self.out.poll(100, zmq.POLLOUT):
+            pass
+        t0 = time.monotonic()
+        read = 0
+        while not self.stop:
+            frame = source.read()
+            if frame is None:
+                break
+            seq = read
+            read += 1
+            self.flush_events()
+            if realtime:
+                due = t0 + seq * period
+                if time.monotonic() > due + period:
+                    self.drop("late")
+                    continue
+                sleep_until(due)
+                if transport.try_send(self.out, self.emit(frame, seq, fps, seq * period)):
+                    self.sent_one()
+                else:
+                    self.drop("busy")
+            elif send_blocking(self.out, self.emit(frame, seq, fps, seq * period), self.stop):
+                self.sent_one()
+        source.close()
+        self.set_state(False, "end of file" if not self.stop else "stopped")
+        self.finish(read)
+        log.info(
+            "camera %s: %d frames read, %d sent, dropped %s", self.cam, read, self.sent, dict(self.dropped)
+        )
+        return EXIT_OK
+
+    # ----- live -----------------------------------------------------------------------------------
+    def run_live(self, source) -> int:
+        c = self.cfg.capture
+        reconnects = self.m.camera_reconnects_total.labels(self.cam)
+        feed = LiveFeed(
+            source, Backoff(c.reconnect_initial_s, c.reconnect_max_s), self.set_state, reconnects.inc
+        )
+        feed.start()
+        overwritten = 0
+        try:
+            while not self.stop:
+                self.flush_events()
+                got = feed.latest(timeout_s=0.2)
+                if feed.overwritten > overwritten:
+                    for _ in range(feed.overwritten - overwritten):
+                        self.drop("busy")
+                    overwritten = feed.overwritten
+                if got is None:
+                    continue
+                frame, index = got
+                if transport.try_send(self.out, self.emit(frame, index - 1, source.fps)):
+                    self.sent_one()
+                else:
+                    self.drop("busy")
+        finally:
+            feed.stop()
+        self.set_state(False, "stopped")
+        self.finish(feed.frames_read)
+        return EXIT_OK
+
+
+class _Never:
+    """A stop flag that never fires: the end-of-stream message is worth waiting for."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
+    cap = Capture(cfg, index, stop)
+    source = open_source(cap.src.url, cap.src.fps)
+    report_ready(cfg, STAGE, index)
+    try:
+        return cap.run_live(source) if source.live else cap.run_file(source)
+    finally:
+        cap.out.close()
+        cap.ctx.term()

@@ -1,0 +1,113 @@
+"""Detect: batched MTCNN over frames from every camera (take what is waiting, never wait for all).
+Passes the pixels on with boxes, scores and landmarks; control messages pass through in order."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import zmq
+
+from stream.pipeline import metrics, transport, wire
+from stream.pipeline.batching import Received, take_batch
+from stream.pipeline.config import PipelineConfig
+from stream.pipeline.stages.base import Stop, report_ready, send_blocking, set_threads, stage_threads
+
+log = logging.getLogger(__name__)
+STAGE = "detect"
+
+
+def load_detector(cfg: PipelineConfig):
+    from stream.detector import MTCNN
+    from stream.modelstore import model_path, read_manifest
+
+    read_manifest("mtcnn", cfg.home)  # a clear "run facestream models pull" when missing
+    return MTCNN(
+        weights_dir=model_path("mtcnn", cfg.home),
+        device=cfg.detect.device,
+        min_face_size=cfg.detect.min_face_size,
+    )
+
+
+def empty_arrays() -> dict[str, np.ndarray]:
+    return {
+        "boxes": np.zeros((0, 4), np.float32),
+        "scores": np.zeros((0,), np.float32),
+        "landmarks": np.zeros((0, 5, 2), np.float32),
+    }
+
+
+def warm_up(detector) -> None:
+    """The first calls at new sizes are ~10x slower (runtime allocations): pay that before reporting ready,
+    not on a live camera's first second. Noise at two common sizes covers the pyramid's shapes."""
+    rng = np.random.default_rng(0)
+    for h, w in ((1080, 1920), (360, 640)):
+        detector.detect([rng.integers(0, 255, (h, w, 3), dtype=np.uint8)])
+
+
+def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
+    set_threads(stage_threads(cfg, STAGE))
+    detector = load_detector(cfg)
+    warm_up(detector)
+    m = metrics.get()
+    ctx = zmq.Context()
+    hwm = cfg.transport.hwm
+    inp = transport.socket(ctx, zmq.PULL, connect=cfg.upstream(STAGE), hwm=hwm, linger_ms=0)
+    out = transport.socket(ctx, zmq.PUSH, bind=cfg.endpoint(STAGE, index), hwm=hwm, linger_ms=2000)
+    report_ready(cfg, STAGE, index)
+    log.info(
+        "detect-%d ready (max_batch %d, max_wait %.1f ms)",
+        index,
+        cfg.detect.max_batch,
+        cfg.detect.max_wait_ms,
+    )
+    try:
+        while not stop:
+            batch = take_batch(inp, STAGE, cfg.detect.max_batch, cfg.detect.max_wait_ms)
+            if batch:
+                process(batch, detector, out, m, stop)
+    finally:
+        inp.close()
+        out.close(linger=0 if stop else 2000)
+        ctx.term()
+    return 0
+
+
+def process(batch: list[Received], detector, out: zmq.Socket, m: metrics.Metrics, stop: Stop) -> None:
+    frames = [r for r in batch if r.msg.kind == wire.FRAME and r.msg.frame is not None]
+    results: dict[int, dict[str, np.ndarray]] = {}
+    if frames:
+        for r in frames:
+            r.msg.t["detect_in"] = r.at_ns
+            if "capture" in r.msg.t:
+                m.queue_wait_seconds.labels(STAGE).observe((r.at_ns - r.msg.t["capture"]) / 1e9)
+        m.batch_size.labels(STAGE).observe(len(frames))
+        start = time.monotonic_ns()
+        try:
+            dets = detector.detect([r.msg.frame for r in frames])  # sizes may differ
+        except Exception as e:  # noqa: BLE001 - bad input must not kill the stage
+            log.warning("detect failed on a batch of %d frames: %s", len(frames), e)
+            dets = [None] * len(frames)
+        end = time.monotonic_ns()
+        for r, d in zip(frames, dets, strict=True):
+            r.msg.t["detect_out"] = end
+            m.stage_seconds.labels(STAGE, r.msg.cam).observe((end - start) / 1e9)
+            m.frames_total.labels(STAGE, r.msg.cam).inc()
+            if d is None:
+                r.msg.meta["error"] = "detection failed"
+                results[id(r)] = empty_arrays()
+            else:
+                results[id(r)] = {
+                    "boxes": np.asarray(d.boxes, np.float32).reshape(-1, 4),
+                    "scores": np.asarray(d.scores, np.float32).reshape(-1),
+                    "landmarks": np.asarray(d.landmarks, np.float32).reshape(-1, 5, 2),
+                }
+    for r in batch:
+        msg = r.msg
+        if id(r) in results:
+            msg.kind = wire.DETS
+            msg.arrays = results[id(r)]
+        elif msg.kind == wire.FRAME:  # a frame header without pixels: nothing to detect
+            msg.kind, msg.arrays = wire.DETS, empty_arrays()
+        send_blocking(out, msg, stop)

@@ -1,0 +1,189 @@
+"""Sink: the end of the pipeline. Writes --out JSONL (one line per processed frame, flushed per line
+so an interrupted run leaves valid JSONL), --events JSONL, --record annotated video, and the run's
+statistics; decides when every camera has ended and then exits, which ends the run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import cv2
+import numpy as np
+import zmq
+
+from stream.pipeline import transport, wire
+from stream.pipeline.batching import receive
+from stream.pipeline.config import PipelineConfig
+from stream.pipeline.stages.base import Stop, report_ready
+from stream.pipeline.summary import Stats
+
+log = logging.getLogger(__name__)
+STAGE = "sink"
+QUIET_S = 5.0  # without an end-of-stream message: silence that ends a camera whose capture exited
+
+
+@dataclass
+class CameraState:
+    received: int = 0
+    sent: int | None = None  # from the camera's end-of-stream message
+    eos_at: float | None = None
+    exited_at: float | None = None  # the supervisor saw the capture exit (fallback, see finished())
+    last_at: float = 0.0
+    error: str | None = None
+    dropped: dict | None = None
+
+
+def draw(frame: np.ndarray, faces: list[dict]) -> np.ndarray:
+    """BGR copy of an RGB frame with boxes, names and distances drawn."""
+    img = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    for f in faces:
+        x1, y1, x2, y2 = (int(round(v)) for v in f["box"])
+        colour = (0, 200, 0) if f["name"] else (0, 0, 230)
+        cv2.rectangle(img, (x1, y1), (x2, y2), colour, 2)
+        dist = f"{f['distance']:.2f}" if f["distance"] is not None else "-"
+        label = f"{f['name'] or 'unknown'} {dist} #{f['track']}"
+        cv2.putText(img, label, (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+    return img
+
+
+class Recorder:
+    """One annotated video per camera: the --record path itself, or name-<camera>.mp4 when several."""
+
+    def __init__(self, path: Path, cameras: list[str]):
+        self.path = path
+        self.cameras = cameras
+        self.writers: dict[str, cv2.VideoWriter] = {}
+
+    def path_for(self, cam: str) -> Path:
+        if len(self.cameras) <= 1:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}-{cam}{self.path.suffix}")
+
+    def write(self, cam: str, frame: np.ndarray, faces: list[dict], fps: float | None) -> None:
+        if cam not in self.writers:
+            h, w = frame.shape[:2]
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            self.writers[cam] = cv2.VideoWriter(str(self.path_for(cam)), fourcc, fps or 25.0, (w, h))
+        self.writers[cam].write(draw(frame, faces))
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.release()
+
+
+class Sink:
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        self.cams = {c: CameraState() for c in cfg.cameras}
+        self.stats = Stats()
+        # Append: the supervisor truncated the files at the start; a restarted sink continues them.
+        self.out: IO[str] | None = _open(cfg.outputs.out)
+        self.events: IO[str] | None = _open(cfg.outputs.events)
+        self.recorder = Recorder(cfg.outputs.record, cfg.cameras) if cfg.outputs.record else None
+
+    def handle(self, msg: wire.Message) -> None:
+        cam = self.cams.setdefault(msg.cam, CameraState())
+        now = time.monotonic()
+        if msg.kind == wire.RESULT:
+            cam.received += 1
+            cam.last_at = now
+            faces = msg.meta.get("faces", [])
+            lat = self.stats.add(msg.cam, msg.t, len(faces))
+            line = {
+                "camera": msg.cam,
+                "seq": msg.seq,
+                "t_capture": msg.wall,
+                "faces": faces,
+                "latency_ms": lat,
+            }
+            if msg.meta.get("error"):
+                line["error"] = msg.meta["error"]
+            if self.out:
+                self.out.write(json.dumps(line, separators=(",", ":")) + "\n")
+            if self.recorder and msg.frame is not None:
+                self.recorder.write(msg.cam, msg.frame, faces, msg.meta.get("fps"))
+        elif msg.kind == wire.EVENT:
+            if self.events:
+                self.events.write(json.dumps(msg.meta.get("event", {}), separators=(",", ":")) + "\n")
+        elif msg.kind == wire.EOS and msg.meta.get("exited"):
+            cam.exited_at = now
+            cam.error = cam.error or msg.meta.get("error")
+        elif msg.kind == wire.EOS:
+            cam.sent = int(msg.meta.get("sent", msg.seq))
+            cam.eos_at = now
+            cam.error = msg.meta.get("error")
+            cam.dropped = msg.meta.get("dropped")
+            if cam.error:
+                log.error("camera %s failed: %s", msg.cam, cam.error)
+
+    def finished(self) -> bool:
+        """Every camera ended, and its frames arrived (or stopped arriving: lost with a killed worker)."""
+        now = time.monotonic()
+        grace = self.cfg.supervisor.eos_grace_s
+        for cam in self.cams.values():
+            if cam.eos_at is None:
+                # No end-of-stream from the camera itself (its capture died): end the camera once its
+                # capture has exited and nothing of it has arrived for a while.
+                if cam.exited_at is None or now - max(cam.exited_at, cam.last_at) < max(grace, QUIET_S):
+                    return False
+                continue
+            if cam.sent is not None and cam.received >= cam.sent:
+                continue
+            if now - max(cam.eos_at, cam.last_at) < grace:
+                return False
+        return True
+
+    def summary(self) -> dict:
+        s = self.stats.to_dict()
+        s["cameras"] = list(self.cams)
+        s["sent"] = {c: st.sent for c, st in self.cams.items()}
+        s["missing"] = {
+            c: st.sent - st.received
+            for c, st in self.cams.items()
+            if st.sent is not None and st.sent > st.received
+        }
+        s["errors"] = {c: st.error for c, st in self.cams.items() if st.error}
+        s["dropped"] = {c: st.dropped for c, st in self.cams.items() if st.dropped}
+        return s
+
+    def close(self) -> None:
+        for f in (self.out, self.events):
+            if f:
+                f.close()
+        if self.recorder:
+            self.recorder.close()
+        if self.cfg.transport.run_dir is not None:
+            path = Path(self.cfg.transport.run_dir) / "summary.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.summary()))
+            tmp.replace(path)
+
+
+def _open(path: Path | None) -> IO[str] | None:
+    # Line buffered: every line reaches the file as it is written, so a stop leaves valid JSONL.
+    return open(path, "a", buffering=1, encoding="utf-8") if path else None
+
+
+def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
+    sink = Sink(cfg)
+    ctx = zmq.Context()
+    inp = transport.socket(
+        ctx, zmq.PULL, connect=[cfg.endpoint("match"), cfg.endpoint("control")], hwm=16, linger_ms=0
+    )
+    report_ready(cfg, STAGE, index)
+    try:
+        while not stop and not sink.finished():
+            if not inp.poll(100, zmq.POLLIN):
+                continue
+            got = receive(inp, STAGE, zmq.NOBLOCK)
+            if got is not None:
+                sink.handle(got.msg)
+    finally:
+        sink.close()
+        inp.close()
+        ctx.term()
+    return 0

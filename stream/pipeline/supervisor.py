@@ -1,0 +1,307 @@
+"""The supervisor: starts every stage as its own process (`python -m stream stage ...`), watches them,
+restarts crashed ones (bounded per minute), serves the one /metrics, drains on SIGINT/SIGTERM and
+prints the summary.
+
+Run lifecycle: workers (sink, match, embed, detect) start first and report ready once their models
+are loaded; then the captures start. The run ends when the sink has seen every camera's end of
+stream (and its frames) and exits; then the workers are stopped. A first SIGINT/SIGTERM stops the
+captures only, so what is in flight drains through to the outputs; a second one stops everything."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from stream.errors import FacestreamError
+from stream.pipeline import metrics, transport, wire
+from stream.pipeline.config import PipelineConfig
+from stream.pipeline.sources import check, is_live
+from stream.pipeline.stages.base import EXIT_FATAL, EXIT_OK, EXIT_SOURCE_FAILED
+from stream.pipeline.summary import format_summary
+
+log = logging.getLogger(__name__)
+READY_TIMEOUT_S = 600.0
+STOP_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Child:
+    role: str
+    index: int
+    proc: subprocess.Popen | None = None
+    restarts: deque[float] = field(default_factory=deque)
+    finished: bool = False  # exited for good (capture done, sink done)
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.index}"
+
+
+class Supervisor:
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        self.own_run_dir = cfg.transport.run_dir is None
+        run_dir = (
+            Path(tempfile.mkdtemp(prefix="facestream-")) if self.own_run_dir else Path(cfg.transport.run_dir)
+        )
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(run_dir, 0o700)  # ipc sockets and metrics files: this user only
+        self.run_dir = run_dir
+        cfg.transport.run_dir = run_dir
+        self.cfg_path = run_dir / "config.yaml"
+        cfg.dump(self.cfg_path)
+        self.children: list[Child] = []
+        self.signals = 0
+        self.errors: dict[str, str] = {}
+        self.restart_counts: dict[str, int] = {}
+        self.metrics_server = None
+        self._ctx: zmq.Context | None = None
+        self._control: zmq.Socket | None = None
+
+    # ----- processes ------------------------------------------------------------------------------
+    def _spawn(self, child: Child) -> None:
+        cmd = [sys.executable, "-m", "stream"]
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            cmd.append("-v")
+        cmd += ["stage", child.role, "--config", str(self.cfg_path), "--index", str(child.index)]
+        env = {**os.environ, "FACESTREAM_SUPERVISED": "1", "OPENCV_LOG_LEVEL": "ERROR"}
+        # Own session: a terminal's Ctrl-C reaches only the supervisor, which then drains in order.
+        child.proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        log.debug("started %s (pid %d)", child.name, child.proc.pid)
+
+    def _signal(self, *_args) -> None:
+        self.signals += 1
+
+    def _fatal_message(self, child: Child) -> str | None:
+        path = self.run_dir / f"fatal-{child.name}"
+        return path.read_text().strip() if path.exists() else None
+
+    # ----- main -------------------------------------------------------------------------------------
+    def run(self) -> int:
+        old = {s: signal.signal(s, self._signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._run()
+        finally:
+            self._stop_all()
+            for s, h in old.items():
+                signal.signal(s, h)
+            if self.metrics_server is not None:
+                self.metrics_server.shutdown()
+                self.metrics_server.server_close()
+            if self._control is not None:
+                self._control.close(linger=0)
+                self._ctx.term()
+            if self.own_run_dir:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _run(self) -> int:
+        cfg = self.cfg
+        metrics.use_multiprocess_dir(self.run_dir / "metrics")
+        self.m = metrics.get()
+        if cfg.metrics.port is not None:
+            self.metrics_server = metrics.serve(cfg.metrics.port, cfg.metrics.host)
+            log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, self.metrics_server.server_port)
+        for path in (cfg.outputs.out, cfg.outputs.events):
+            if path is not None:
+                path.write_text("")  # truncate; the sink appends (so a restarted sink continues)
+        self._ctx = zmq.Context()
+        self._control = transport.socket(self._ctx, zmq.PUSH, bind=cfg.endpoint("control"), hwm=100)
+
+        workers = [Child("sink", 0), Child("match", 0)]
+        workers += [Child("embed", i) for i in range(cfg.embed.workers)]
+        workers += [Child("detect", i) for i in range(cfg.detect.workers)]
+        self.children = workers
+        for c in workers:
+            self._spawn(c)
+        if not self._wait_ready(workers):
+            return 0  # interrupted while loading: nothing processed, nothing to report
+        captures = [Child("capture", i) for i in range(len(cfg.sources))]
+        self.children += captures
+        for c in captures:
+            self._spawn(c)
+
+        drain_deadline: float | None = None
+        handled_signals = 0
+        while True:
+            if self.signals > handled_signals:
+                handled_signals = self.signals
+                if handled_signals == 1:
+                    log.info("stopping: draining what is in flight (again to stop at once)")
+                    self._terminate([c for c in captures if not c.finished])
+                    drain_deadline = time.monotonic() + cfg.supervisor.drain_timeout_s
+                else:
+                    log.warning("stopping now")
+                    break
+            if drain_deadline is not None and time.monotonic() > drain_deadline:
+                log.warning("drain took longer than %.0fs; stopping", cfg.supervisor.drain_timeout_s)
+                break
+            if self._watch():
+                break
+            time.sleep(0.05)
+        return self._finish()
+
+    def _wait_ready(self, workers: list[Child]) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if all((self.run_dir / f"ready-{c.name}").exists() for c in workers):
+                return True
+            if self.signals:
+                return False
+            self._watch()
+            if time.monotonic() > deadline:
+                raise FacestreamError(f"stages not ready after {READY_TIMEOUT_S:.0f}s")
+            time.sleep(0.05)
+
+    def _watch(self) -> bool:
+        """Handle exited children; True when the run is over (the sink finished)."""
+        for c in self.children:
+            if c.finished or c.proc is None:
+                continue
+            rc = c.proc.poll()
+            if rc is None:
+                continue
+            metrics.mark_process_dead(c.proc.pid)
+            if rc == EXIT_FATAL:
+                raise FacestreamError(self._fatal_message(c) or f"stage {c.name} could not start")
+            if c.role == "sink" and rc == EXIT_OK:
+                c.finished = True
+                return True
+            if c.role == "capture" and (rc in (EXIT_OK, EXIT_SOURCE_FAILED) or self.signals):
+                c.finished = True  # done, failed for good, or stopped on purpose by us
+                if rc == EXIT_SOURCE_FAILED:
+                    self.errors[self.cfg.cameras[c.index]] = "source failed (see above)"
+                self._capture_gone(c)
+                continue
+            self._restart(c, rc)
+        return False
+
+    def _capture_gone(self, c: Child, error: str | None = None) -> None:
+        """Tell the sink this camera's capture has exited. Its own end-of-stream message normally
+        arrives through the pipeline; this notice is the fallback that lets the run end when that
+        message cannot come (capture killed) -- the sink then ends the camera once it goes quiet."""
+        cam = self.cfg.cameras[c.index]
+        notice = wire.eos_message(cam, 0, exited=True, error=error)
+        if not transport.try_send(self._control, notice, timeout_ms=1000):
+            log.warning("could not tell the sink that camera %s ended", cam)
+
+    def _restart(self, c: Child, rc: int) -> None:
+        how = f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
+        src = self.cfg.sources[c.index] if c.role == "capture" else None
+        if src is not None and not is_live(src.url):
+            # A file cannot resume mid-way: report it, and end that camera for the sink.
+            c.finished = True
+            cam = src.name or ""
+            self.errors[cam] = f"capture crashed ({how})"
+            log.error("camera %s: capture crashed (%s); its remaining frames are skipped", cam, how)
+            self._capture_gone(c, error=self.errors[cam])
+            return
+        now = time.monotonic()
+        while c.restarts and now - c.restarts[0] > 60:
+            c.restarts.popleft()
+        if len(c.restarts) >= self.cfg.supervisor.max_restarts_per_minute:
+            raise FacestreamError(
+                f"stage {c.name} keeps failing ({how}; {len(c.restarts)} restarts in the last minute): giving up"
+            )
+        c.restarts.append(now)
+        self.m.worker_restarts_total.labels(c.role).inc()
+        self.restart_counts[c.role] = self.restart_counts.get(c.role, 0) + 1
+        log.warning("stage %s died (%s): restarting", c.name, how)
+        self._spawn(c)
+
+    def _terminate(self, children: list[Child], timeout_s: float = STOP_TIMEOUT_S) -> None:
+        live = [c for c in children if c.proc is not None and c.proc.poll() is None]
+        for c in live:
+            c.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for c in live:
+            try:
+                c.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("stage %s did not stop in %.0fs: killing it", c.name, timeout_s)
+                c.proc.kill()
+                c.proc.wait()
+
+    def _stop_all(self) -> None:
+        # Sink last-but-gently: it flushes its files on SIGTERM.
+        self._terminate([c for c in self.children if c.role != "sink"])
+        self._terminate([c for c in self.children if c.role == "sink"])
+        for c in self.children:
+            if c.proc is not None:
+                metrics.mark_process_dead(c.proc.pid)
+
+    # ----- the end ----------------------------------------------------------------------------------
+    def _finish(self) -> int:
+        self._stop_all()
+        summary = self.summary()
+        print(format_summary(summary), file=sys.stderr)
+        errors = {**self.errors, **summary.get("errors", {})}  # the sink has the sources' own words
+        if errors and set(errors) >= set(self.cfg.cameras):
+            raise FacestreamError(
+                "no source could be read: " + "; ".join(f"{k}: {v}" for k, v in errors.items())
+            )
+        if errors:
+            raise FacestreamError(
+                f"{len(errors)} of {len(self.cfg.cameras)} sources failed: "
+                + "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()))
+            )
+        return 0
+
+    def summary(self) -> dict:
+        path = self.run_dir / "summary.json"
+        s = json.loads(path.read_text()) if path.exists() else {"cameras": self.cfg.cameras}
+        s["restarts"] = dict(self.restart_counts)
+        counters = read_counters(self.run_dir / "metrics")
+        s["bad_messages"] = {
+            k[0]: int(v) for k, v in counters.get("facestream_bad_messages_total", {}).items()
+        }
+        dropped: dict[str, dict[str, int]] = {}
+        for (stage, cam, reason), v in counters.get("facestream_frames_dropped_total", {}).items():
+            if v:
+                dropped.setdefault(cam, {})[f"{stage}/{reason}"] = int(v)
+        s["dropped"] = dropped
+        return s
+
+
+def read_counters(metrics_dir: Path) -> dict[str, dict[tuple[str, ...], float]]:
+    """Counter totals merged over every process that ever ran (dead ones included)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    out: dict[str, dict[tuple[str, ...], float]] = {}
+    if not metrics_dir.exists():
+        return out
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics_dir))
+    for family in registry.collect():
+        for s in family.samples:
+            if s.name.endswith("_total"):
+                out.setdefault(s.name, {})[tuple(s.labels.values())] = s.value
+    return out
+
+
+def precheck(cfg: PipelineConfig) -> None:
+    """Refuse at once what cannot work, before any model loads: a missing gallery or models, and
+    sources that all fail (with some good ones, the bad ones are reported while the rest runs)."""
+    if not cfg.sources:
+        raise FacestreamError("no --source given")
+    problems = [p for p in (check(s.url) for s in cfg.sources) if p]
+    if len(problems) == len(cfg.sources):
+        raise FacestreamError("no source can be read: " + "; ".join(problems))
+    if cfg.gallery is not None and not cfg.gallery.is_file():
+        raise FacestreamError(f"gallery {cfg.gallery} does not exist (enroll someone to create it)")
+    from stream.modelstore import read_manifest
+
+    read_manifest("mtcnn", cfg.home)
+    read_manifest(cfg.model, cfg.home)
