@@ -89,3 +89,18 @@ def test_validate_config_cli(tmp_path):
     bad = run_cli("run", "--config", str(p), "--validate-config")
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "detect.wrkers" in bad.stderr
+
+
+def test_shipped_example_config_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "deploy" / "facestream.example.yaml"
+    cfg = config.load(example)
+    assert cfg.cameras == ["door"] and cfg.embed.precision == "fp32" and cfg.metrics.port == 9108
+    bad = run_cli("run", "--config", str(example), "--validate-config", "--source", "0")
+    assert bad.returncode == 0, bad.stderr
+
+
+def test_embed_precision_is_validated():
+    with pytest.raises(FacestreamError, match="precision"):
+        config.load(None, {"embed.precision": "fp16"})

@@ -141,3 +141,33 @@ def test_summary_text():
     d.update(dropped={"cam0": {"capture/busy": 3}}, restarts={"detect": 1})
     text = format_summary(d)
     assert "100 frames" in text and "capture/busy 3" in text and "p99" in text and "detect 1" in text
+
+
+def test_busy_detector_skips_to_each_live_cameras_newest_frame(pair):
+    """Live frames: the detector takes the newest frame per camera and counts the rest as stale; file
+    frames are never skipped; an end-of-stream keeps its place after the frames before it."""
+    from stream.pipeline import metrics
+    from stream.pipeline.stages.detect import keep_freshest
+
+    push, pull = pair
+    live = [
+        wire.frame_message(cam, i, np.zeros((8, 8, 3), np.uint8), live=True) for i in range(4) for cam in "ab"
+    ]
+    for msg in [*live, frame(0, "file"), frame(1, "file"), wire.eos_message("a", 4), frame(4, "a")]:
+        transport.send(push, msg)
+    time.sleep(0.05)
+    m = metrics.get()
+    stale_before = m.frames_dropped_total.labels("detect", "a", "stale")._value.get()
+    batch = batching.take_batch(pull, "detect", max_batch=2, max_wait_ms=20)
+    kept = keep_freshest(batch, pull, m)
+    got = [(r.msg.kind, r.msg.cam, r.msg.seq, r.msg.meta.get("skipped", 0)) for r in kept]
+    assert got == [
+        ("frame", "a", 3, 3),
+        ("frame", "b", 3, 3),
+        ("frame", "file", 0, 0),
+        ("frame", "file", 1, 0),
+        ("eos", "a", 4, 0),
+    ]
+    assert m.frames_dropped_total.labels("detect", "a", "stale")._value.get() - stale_before == 3
+    # What follows the end-of-stream is left for the next batch.
+    assert [r.msg.seq for r in batching.take_batch(pull, "detect", 4, 20)] == [4]

@@ -77,6 +77,8 @@ class Supervisor:
             cmd.append("-v")
         cmd += ["stage", child.role, "--config", str(self.cfg_path), "--index", str(child.index)]
         env = {**os.environ, "FACESTREAM_SUPERVISED": "1", "OPENCV_LOG_LEVEL": "ERROR"}
+        # Idle OpenMP threads sleep instead of spinning: stages share the cores (see stage_threads).
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which then drains in order.
         child.proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         log.debug("started %s (pid %d)", child.name, child.proc.pid)

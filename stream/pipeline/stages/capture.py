@@ -65,9 +65,14 @@ class Capture:
         self.dropped[reason] += 1
         self.m.frames_dropped_total.labels(STAGE, self.cam, reason).inc()
 
-    def emit(self, frame, seq: int, fps: float | None, pts: float | None = None) -> wire.Message:
-        """pts: the frame's time in the video (files), for tracking; live frames use wall time."""
-        meta = {"fps": fps} if pts is None else {"fps": fps, "pts": pts}
+    def emit(
+        self, frame, seq: int, fps: float | None, pts: float | None = None, live: bool = False
+    ) -> wire.Message:
+        """pts: the frame's time in the video (files), for tracking; live frames use wall time.
+        live: latest-frame semantics downstream (a busy detector skips to the newest frame)."""
+        meta: dict = {"fps": fps} if pts is None else {"fps": fps, "pts": pts}
+        if live:
+            meta["live"] = True
         return wire.frame_message(self.cam, seq, frame, **meta)
 
     def sent_one(self) -> None:
@@ -113,7 +118,7 @@ class Capture:
                     self.drop("late")
                     continue
                 sleep_until(due)
-                if transport.try_send(self.out, self.emit(frame, seq, fps, seq * period)):
+                if transport.try_send(self.out, self.emit(frame, seq, fps, seq * period, live=True)):
                     self.sent_one()
                 else:
                     self.drop("busy")
@@ -147,7 +152,7 @@ class Capture:
                 if got is None:
                     continue
                 frame, index = got
-                if transport.try_send(self.out, self.emit(frame, index - 1, source.fps)):
+                if transport.try_send(self.out, self.emit(frame, index - 1, source.fps, live=True)):
                     self.sent_one()
                 else:
                     self.drop("busy")

@@ -10,7 +10,7 @@ import numpy as np
 import zmq
 
 from stream.pipeline import metrics, transport, wire
-from stream.pipeline.batching import Received, take_batch
+from stream.pipeline.batching import Received, receive, take_batch
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.stages.base import Stop, report_ready, send_blocking, set_threads, stage_threads
 
@@ -65,6 +65,7 @@ def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
     try:
         while not stop:
             batch = take_batch(inp, STAGE, cfg.detect.max_batch, cfg.detect.max_wait_ms)
+            batch = keep_freshest(batch, inp, m)
             if batch:
                 process(batch, detector, out, m, stop)
     finally:
@@ -72,6 +73,39 @@ def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
         out.close(linger=0 if stop else 2000)
         ctx.term()
     return 0
+
+
+def keep_freshest(batch: list[Received], sock: zmq.Socket, m: metrics.Metrics) -> list[Received]:
+    """Latest-frame semantics for live frames (live cameras, --realtime files): a detector that fell
+    behind skips straight to each camera's newest frame instead of working through a backlog, so
+    latency stays at about one frame's processing time. Skipped frames are counted (reason "stale")
+    and the kept frame carries their number, so the sink's accounting stays exact. File frames
+    (blocking backpressure) are never skipped; control messages keep their place in the order."""
+    if not batch or not any(r.msg.kind == wire.FRAME and r.msg.meta.get("live") for r in batch):
+        return batch
+    if batch[-1].msg.kind == wire.FRAME:  # take what else is already waiting, up to a control message
+        while sock.poll(0, zmq.POLLIN):
+            got = receive(sock, STAGE, zmq.NOBLOCK)
+            if got is not None:
+                batch.append(got)
+                if got.msg.kind != wire.FRAME:
+                    break
+    newest = {
+        r.msg.cam: i for i, r in enumerate(batch) if r.msg.kind == wire.FRAME and r.msg.meta.get("live")
+    }
+    kept: list[Received] = []
+    skipped: dict[str, int] = {}
+    for i, r in enumerate(batch):
+        msg = r.msg
+        if msg.kind == wire.FRAME and msg.meta.get("live"):
+            if newest[msg.cam] != i:
+                skipped[msg.cam] = skipped.get(msg.cam, 0) + 1 + int(msg.meta.get("skipped", 0))
+                m.frames_dropped_total.labels(STAGE, msg.cam, "stale").inc()
+                continue
+            if skipped.get(msg.cam):
+                msg.meta["skipped"] = int(msg.meta.get("skipped", 0)) + skipped.pop(msg.cam)
+        kept.append(r)
+    return kept
 
 
 def process(batch: list[Received], detector, out: zmq.Socket, m: metrics.Metrics, stop: Stop) -> None:

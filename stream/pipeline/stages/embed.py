@@ -28,7 +28,9 @@ def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
 
     threads = stage_threads(cfg, STAGE)
     set_threads(threads)
-    embedder = Embedder(cfg.model, home=cfg.home, device=cfg.embed.device, threads=threads)
+    embedder = Embedder(
+        cfg.model, home=cfg.home, device=cfg.embed.device, threads=threads, precision=cfg.embed.precision
+    )
     w, h = embedder.crop_spec.size
     embedder.embed(np.zeros((8, h, w, 3), np.uint8))  # warm-up: first runs are slow (allocations)
     m = metrics.get()

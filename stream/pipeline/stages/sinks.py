@@ -35,6 +35,7 @@ class CameraState:
     last_at: float = 0.0
     error: str | None = None
     dropped: dict | None = None
+    stale: int = 0  # live frames a busy detector skipped (accounted on the next frame it kept)
 
 
 def draw(frame: np.ndarray, faces: list[dict]) -> np.ndarray:
@@ -90,6 +91,7 @@ class Sink:
         now = time.monotonic()
         if msg.kind == wire.RESULT:
             cam.received += 1
+            cam.stale += int(msg.meta.get("skipped", 0))
             cam.last_at = now
             faces = msg.meta.get("faces", [])
             lat = self.stats.add(msg.cam, msg.t, len(faces))
@@ -131,7 +133,7 @@ class Sink:
                 if cam.exited_at is None or now - max(cam.exited_at, cam.last_at) < max(grace, QUIET_S):
                     return False
                 continue
-            if cam.sent is not None and cam.received >= cam.sent:
+            if cam.sent is not None and cam.received + cam.stale >= cam.sent:
                 continue
             if now - max(cam.eos_at, cam.last_at) < grace:
                 return False
@@ -142,12 +144,16 @@ class Sink:
         s["cameras"] = list(self.cams)
         s["sent"] = {c: st.sent for c, st in self.cams.items()}
         s["missing"] = {
-            c: st.sent - st.received
+            c: st.sent - st.received - st.stale
             for c, st in self.cams.items()
-            if st.sent is not None and st.sent > st.received
+            if st.sent is not None and st.sent > st.received + st.stale
         }
         s["errors"] = {c: st.error for c, st in self.cams.items() if st.error}
-        s["dropped"] = {c: st.dropped for c, st in self.cams.items() if st.dropped}
+        s["dropped"] = {
+            c: {**(st.dropped or {}), **({"stale": st.stale} if st.stale else {})}
+            for c, st in self.cams.items()
+            if st.dropped or st.stale
+        }
         return s
 
     def close(self) -> None:
