@@ -12,13 +12,13 @@ Inference only: facenet-pytorch's dropout (identity in eval mode) is left out.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from facestream_models.fetch import sha256_file
 from facestream_models.onnx_export import BuildError, export_onnx
 
 INPUT_CHW = (3, 160, 160)
@@ -319,14 +319,6 @@ def sample_faces(directory: Path = SAMPLE_FACES_DIR) -> np.ndarray | None:
     return ((np.stack(chips).astype(np.float32) - 127.5) / 128.0).astype(np.float32)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_facenet(inputs: dict[str, Path], out_dir: Path, spec) -> dict:
     """Build `out_dir/model.onnx` from inputs["checkpoint"] (a facenet-pytorch .pt state dict) and
     return the manifest extras. Raises BuildError for a bad checkpoint or a failed parity check."""
@@ -357,6 +349,6 @@ def build_facenet(inputs: dict[str, Path], out_dir: Path, spec) -> dict:
         "parity_max_abs": parity,
         "parity_real_faces": 0 if real is None else len(real),
         "checkpoint_file": ckpt.name,
-        "checkpoint_sha256": _sha256(ckpt),
+        "checkpoint_sha256": sha256_file(ckpt),
         "checkpoint_num_classes": classes,
     }

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from facestream_models.fetch import sha256_file as file_sha256
 from stream.errors import FacestreamError
 from stream.gallery.crops import decode_crop, encode_crop, make_crop, to_crop_coords
 from stream.gallery.quality import MIN_EYE_PX, MIN_SHARPNESS, quality_problem
-from stream.gallery.store import Gallery, NewSample, file_sha256, validate_name
+from stream.gallery.store import Gallery, NewSample, validate_name
 
 if TYPE_CHECKING:
     from stream.embedder import Embedder

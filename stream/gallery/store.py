@@ -16,7 +16,6 @@ The file (and its -wal/-shm companions) is created 0600: embeddings are biometri
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
@@ -109,14 +108,6 @@ def validate_name(name: str) -> str:
     if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") for c in name):
         raise FacestreamError(f"name {name!r} contains control or unprintable characters")
     return name
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def encode_vector(vec: np.ndarray) -> bytes:
