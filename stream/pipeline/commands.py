@@ -1,5 +1,6 @@
 """CLI: `facestream run` (the supervised pipeline), `facestream stage` (one stage alone, for several
-hosts) and `facestream demo`. Heavy imports happen inside the command functions."""
+hosts), `facestream keys generate` (CURVE key pairs for tcp links) and `facestream demo`. Heavy
+imports happen inside the command functions."""
 
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--metrics-port", type=int, help="serve this stage's own /metrics (when run alone)")
     s.set_defaults(func=cmd_stage)
 
+    k = sub.add_parser("keys", help="CURVE key pairs for encrypted, authenticated tcp links")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION")
+    ksub.required = True
+    g = ksub.add_parser(
+        "generate",
+        help="make this host's server and client key pairs (or one named pair) in DIR",
+        description="Writes NAME.key (public: copy it to peers) and NAME.key_secret (0600: keep it "
+        "here). Without --name: server and client pairs plus the servers/ and clients/ folders that "
+        "transport.curve.keys_dir expects (see stream/pipeline/security.py).",
+    )
+    g.add_argument("dir", type=Path, metavar="DIR")
+    g.add_argument("--name", help="make only this pair (e.g. a dashboard's client key)")
+    g.set_defaults(func=cmd_keys_generate)
+
     d = sub.add_parser(
         "demo", help="the pipeline on the shared sample video (or a webcam) with a self-made gallery"
     )
@@ -73,27 +88,41 @@ def run_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from stream.pipeline import security
     from stream.pipeline.supervisor import Supervisor, precheck
 
     cfg = run_config(args)
     if args.validate_config:
+        t = cfg.transport
+        link = t.kind if t.kind == "ipc" else f"tcp{' + CURVE' if t.curve else ''}"
         print(
             f"config OK: {len(cfg.sources)} source(s) ({', '.join(cfg.cameras) or 'none'}), "
-            f"{cfg.detect.workers} detect / {cfg.embed.workers} embed worker(s), model {cfg.model}"
+            f"{cfg.detect.workers} detect / {cfg.embed.workers} embed worker(s), model {cfg.model}, "
+            f"links {link}"
         )
         return 0
     precheck(cfg)
+    security.check(cfg, ("capture", "detect", "embed", "match", "sink"))
     return Supervisor(cfg).run()
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from stream.pipeline import config, metrics
+    from stream.pipeline import config, metrics, security
     from stream.pipeline.stages import run_stage
 
     cfg = config.load(args.config)
+    security.check(cfg, (args.name,))  # missing keys: one line now, not after the models load
     if args.metrics_port is not None:
         metrics.serve(args.metrics_port, cfg.metrics.host)
     return run_stage(args.name, cfg, args.index)
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from stream.pipeline import security
+
+    for path in security.generate(args.dir, args.name):
+        print(path)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -5,20 +5,73 @@ CLI flags, and the single place endpoints are named.
     gallery: g.db
     detect: {workers: 1, max_batch: 4, max_wait_ms: 5}
     outputs: {out: results.jsonl}
+
+Endpoints: `ipc://` sockets in the supervisor's private 0700 run directory on one host (the default),
+or `tcp://` when stages run on several hosts. With tcp every role binds on its own host:
+`transport.hosts.<role>`, else `transport.host` (127.0.0.1: loopback unless the config says
+otherwise), and its consumers connect there. A host is an address of the machine that runs that role
+(a wildcard like 0.0.0.0 is refused: consumers could not connect to it).
+
+    transport:
+      kind: tcp
+      hosts: {capture: 10.0.0.1, detect: 10.0.0.2, embed: 10.0.0.3, match: 10.0.0.3}
+      curve: {keys_dir: /etc/facestream/curve}
+
+`transport.curve` encrypts and authenticates every tcp link (ZeroMQ CURVE; files in
+stream/pipeline/security.py). It is refused with `kind: ipc`: ipc sockets never leave the host and
+live in a 0700 directory, so there is nothing for CURVE to protect, and a config that asks for CURVE
+but runs ipc most likely forgot `kind: tcp` (stages on other hosts would never connect), which an
+error says at once where a warning would scroll by.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facestream_models.registry import DEFAULT_EMBEDDER
 from stream.errors import FacestreamError
 
 ROLES = ("capture", "detect", "embed", "match", "sink")
+PORT_OFFSETS = {"capture": 0, "detect": 100, "embed": 200, "match": 300, "results": 301}
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def check_host(host: str) -> str:
+    """A hostname or an IP address that peers can connect to (no wildcard, no port, no scheme)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.match(host):
+            raise ValueError(f"{host!r} is not a hostname or IP address") from None
+        return host
+    if ip.is_unspecified:
+        raise ValueError(f"{host!r} is a wildcard: give this host's own address (consumers connect to it)")
+    return host
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def endpoint_host(endpoint: str) -> str | None:
+    """'tcp://10.0.0.2:5650' -> '10.0.0.2', 'tcp://[::1]:5650' -> '::1'; None for ipc:// and others."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 class _Strict(BaseModel):
@@ -61,20 +114,82 @@ class MatchConfig(_Strict):
     refresh_s: float = Field(2.0, gt=0)  # how often the gallery is checked for changes
 
 
+class HostsConfig(_Strict):
+    """tcp: the host that runs each role (it binds there; its consumers connect there)."""
+
+    capture: str | None = None
+    detect: str | None = None
+    embed: str | None = None
+    match: str | None = None
+    results: str | None = None  # dashboards' PUB; bound by match, so default: match's host
+
+    @field_validator("*")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        return v if v is None else check_host(v)
+
+
+class CurveConfig(_Strict):
+    """ZeroMQ CURVE on every tcp link. keys_dir holds this host's files (see security.py):
+    server.key_secret (binding stages), client.key_secret (connecting stages), servers/<host>.key
+    (each producer host's server public key) and clients/*.key (the client keys this host accepts)."""
+
+    keys_dir: Path
+
+
 class TransportConfig(_Strict):
     kind: Literal["ipc", "tcp"] = "ipc"
     run_dir: Path | None = None  # ipc sockets live here; the supervisor makes a private 0700 one
-    host: str = "127.0.0.1"  # tcp: where stages bind and connect (loopback unless configured)
-    base_port: int = Field(5550, ge=1, le=65000)
+    host: str = "127.0.0.1"  # tcp: every role's host unless hosts.<role> says (loopback by default)
+    hosts: HostsConfig = Field(default_factory=HostsConfig)
+    base_port: int = Field(5550, ge=1, le=65000)  # capture +0.., detect +100.., embed +200.., match +300
     hwm: int = Field(2, ge=1, le=1000)  # frames queued per link: low, or latency grows
     results_hwm: int = Field(100, ge=1)  # results PUB: small messages, slow dashboards drop
+    curve: CurveConfig | None = None  # tcp only: encrypted, authenticated links
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return check_host(v)
+
+    @model_validator(mode="after")
+    def _curve_needs_tcp(self) -> TransportConfig:
+        if self.curve is not None and self.kind != "tcp":
+            raise ValueError(
+                "curve needs kind: tcp (ipc links never leave the host and live in a private 0700 directory)"
+            )
+        return self
+
+    def host_of(self, role: str) -> str:
+        """The host that runs `role` (results: match's host unless set)."""
+        h = self.hosts
+        if role == "results":
+            return h.results or h.match or self.host
+        return getattr(h, role, None) or self.host
 
 
 class OutputConfig(_Strict):
     out: Path | None = None  # JSONL, one line per processed frame
     record: Path | None = None  # annotated video
     events: Path | None = None  # JSONL of track and camera events
-    results: str | None = None  # results PUB endpoint; default from transport
+    results: str | None = None  # results PUB endpoint (tcp://HOST:PORT or ipc://PATH); default from transport
+
+    @field_validator("results")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is None or v.startswith("ipc://"):
+            return v
+        host = endpoint_host(v)
+        port = v.rsplit(":", 1)[-1]
+        if host is None or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{v!r} is not tcp://HOST:PORT (1-65535) or ipc://PATH")
+        if host != "*":
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                if not _HOSTNAME.match(host):
+                    raise ValueError(f"{v!r}: {host!r} is not a hostname or IP address") from None
+        return v
 
 
 class MetricsConfig(_Strict):
@@ -112,6 +227,9 @@ class PipelineConfig(_Strict):
             raise ValueError(f"camera names must be unique, got {names}")
         if self.capture.reconnect_max_s < self.capture.reconnect_initial_s:
             raise ValueError("capture.reconnect_max_s must be >= reconnect_initial_s")
+        if self.transport.kind == "tcp":
+            if len(self.sources) > 100:
+                raise ValueError("transport tcp: at most 100 sources (capture ports are base_port+0..99)")
         return self
 
     @property
@@ -125,21 +243,29 @@ class PipelineConfig(_Strict):
 
     def endpoint(self, role: str, index: int = 0) -> str:
         """Where `role`'s worker `index` binds its output (its consumers connect there).
-        Roles: capture, detect, embed, match (-> sink), results (PUB), control (supervisor -> sink)."""
-        offsets = {"capture": 0, "detect": 100, "embed": 200, "match": 300, "results": 301, "control": 302}
-        if role not in offsets:
+        Roles: capture, detect, embed, match (-> sink), results (PUB), control (supervisor -> sink).
+        tcp: on the role's host (transport.hosts, else transport.host). control is always ipc in the
+        supervisor's run directory: supervisor and sink share a host, so it never needs a port."""
+        if role not in PORT_OFFSETS and role != "control":
             raise KeyError(role)
         if role == "results" and self.outputs.results:
             return self.outputs.results
         t = self.transport
-        if t.kind == "tcp":
-            return f"tcp://{t.host}:{t.base_port + offsets[role] + index}"
+        if t.kind == "tcp" and role != "control":
+            host = t.host_of(role)
+            if ":" in host:  # IPv6 literal
+                host = f"[{host}]"
+            return f"tcp://{host}:{t.base_port + PORT_OFFSETS[role] + index}"
         if t.run_dir is None:
             raise FacestreamError("transport.run_dir is not set: ipc endpoints need a run directory")
         return f"ipc://{t.run_dir}/{role}-{index}"
 
     def upstream(self, role: str) -> list[str]:
-        """The outputs a consumer of `role`'s input connects to."""
+        """The outputs a consumer of `role`'s input connects to (on the producers' hosts). The sink
+        also takes the supervisor's control messages, when there is a supervisor (a run directory)."""
+        if role == "sink":
+            control = [self.endpoint("control")] if self.transport.run_dir is not None else []
+            return [self.endpoint("match"), *control]
         prev = {"detect": "capture", "embed": "detect", "match": "embed"}[role]
         return [self.endpoint(prev, i) for i in range(self.workers(prev))]
 

@@ -3,13 +3,50 @@ wire Messages as multipart with copy=False.
 
 Topology rule: every stage BINDS its output and CONNECTS its input to all upstream outputs. A
 restarted worker rebinds the same endpoint and its peers reconnect by themselves; a bound PUSH with
-no peer connected blocks (files: backpressure) or says EAGAIN (live: drop), never buffers old frames."""
+no peer connected blocks (files: backpressure) or says EAGAIN (live: drop), never buffers old frames.
+
+Make a stage's context with `context(cfg)`: with `transport.curve` set, every tcp socket made in it
+is CURVE (bound: server, checked by the context's ZAP authenticator; connected: client that checks
+the server's key) -- see security.py."""
 
 from __future__ import annotations
 
+import logging
+
 import zmq
 
+from stream.errors import FacestreamError
 from stream.pipeline import wire
+from stream.pipeline.config import PipelineConfig, endpoint_host, is_loopback
+from stream.pipeline.security import Curve
+
+log = logging.getLogger(__name__)
+
+
+class Context(zmq.Context):
+    """A context that carries the process's CURVE keys (None: plain) and its ZAP authenticator."""
+
+    curve: Curve | None = None
+    authenticator = None
+
+    def _stop_authenticator(self) -> None:
+        if self.authenticator is not None:  # its sockets live in this context: stop it first
+            self.authenticator.stop()
+            self.authenticator = None
+
+    def term(self) -> None:
+        self._stop_authenticator()
+        super().term()
+
+    def destroy(self, linger: int | None = None) -> None:
+        self._stop_authenticator()
+        super().destroy(linger)
+
+
+def context(cfg: PipelineConfig) -> Context:
+    ctx = Context()
+    ctx.curve = Curve.from_config(cfg)
+    return ctx
 
 
 def socket(
@@ -22,18 +59,49 @@ def socket(
     linger_ms: int = 1000,
     subscribe: bytes | None = None,
 ) -> zmq.Socket:
-    """A socket with both HWMs set (ZMQ's default 1000 would queue seconds of frames)."""
+    """A socket with both HWMs set (ZMQ's default 1000 would queue seconds of frames); CURVE on its tcp
+    endpoints when the context has keys (see `context`)."""
+    curve: Curve | None = getattr(ctx, "curve", None)
     sock = ctx.socket(kind)
-    sock.setsockopt(zmq.SNDHWM, hwm)
-    sock.setsockopt(zmq.RCVHWM, hwm)
-    sock.setsockopt(zmq.LINGER, linger_ms)
-    if kind == zmq.SUB:
-        sock.setsockopt(zmq.SUBSCRIBE, subscribe or b"")
-    if bind:
-        sock.bind(bind)
-    for endpoint in connect:
-        sock.connect(endpoint)
+    try:
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        sock.setsockopt(zmq.LINGER, linger_ms)
+        if kind == zmq.SUB:
+            sock.setsockopt(zmq.SUBSCRIBE, subscribe or b"")
+        if any("[" in e for e in (bind or "", *connect)):
+            sock.setsockopt(zmq.IPV6, 1)
+        if bind:
+            _bind(ctx, sock, bind, curve)
+        for endpoint in connect:
+            if curve is not None:
+                curve.connect(sock, endpoint)
+            sock.connect(endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
     return sock
+
+
+def _bind(ctx: zmq.Context, sock: zmq.Socket, endpoint: str, curve: Curve | None) -> None:
+    host = endpoint_host(endpoint)
+    if host is not None:
+        if curve is not None:
+            curve.serve(ctx, sock)
+        elif not is_loopback(host):
+            log.warning(
+                "%s listens beyond loopback without CURVE: anyone who reaches it can read or feed the "
+                "pipeline (set transport.curve)",
+                endpoint,
+            )
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as e:
+        if e.errno == zmq.EADDRINUSE or host is None:
+            raise
+        raise FacestreamError(
+            f"cannot bind {endpoint}: {e.strerror} (is {host} an address of this host? see transport.hosts)"
+        ) from None
 
 
 def send(sock: zmq.Socket, msg: wire.Message, flags: int = 0) -> None:

@@ -31,7 +31,7 @@ class Capture:
         self.sent = 0
         self.dropped: Counter[str] = Counter()
         self.pending_events: deque[wire.Message] = deque()
-        self.ctx = zmq.Context()
+        self.ctx = transport.context(cfg)
         # Linger forever: the last frames and the end-of-stream may sit in the queue for a while when
         # detect is busy with other cameras; exiting must not discard them (the supervisor bounds it).
         self.out = transport.socket(

@@ -51,7 +51,7 @@ def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
     detector = load_detector(cfg)
     warm_up(detector)
     m = metrics.get()
-    ctx = zmq.Context()
+    ctx = transport.context(cfg)
     hwm = cfg.transport.hwm
     inp = transport.socket(ctx, zmq.PULL, connect=cfg.upstream(STAGE), hwm=hwm, linger_ms=0)
     out = transport.socket(ctx, zmq.PUSH, bind=cfg.endpoint(STAGE, index), hwm=hwm, linger_ms=2000)

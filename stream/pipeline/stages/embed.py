@@ -34,7 +34,7 @@ def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
     w, h = embedder.crop_spec.size
     embedder.embed(np.zeros((8, h, w, 3), np.uint8))  # warm-up: first runs are slow (allocations)
     m = metrics.get()
-    ctx = zmq.Context()
+    ctx = transport.context(cfg)
     hwm = cfg.transport.hwm
     inp = transport.socket(ctx, zmq.PULL, connect=cfg.upstream(STAGE), hwm=hwm, linger_ms=0)
     out = transport.socket(ctx, zmq.PUSH, bind=cfg.endpoint(STAGE, index), hwm=hwm, linger_ms=2000)

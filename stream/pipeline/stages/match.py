@@ -90,7 +90,7 @@ class Namer:
 def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
     namer = Namer(cfg)
     m = metrics.get()
-    ctx = zmq.Context()
+    ctx = transport.context(cfg)
     hwm = cfg.transport.hwm
     inp = transport.socket(ctx, zmq.PULL, connect=cfg.upstream(STAGE), hwm=hwm, linger_ms=0)
     sink = transport.socket(ctx, zmq.PUSH, bind=cfg.endpoint(STAGE), hwm=max(hwm, 16), linger_ms=2000)

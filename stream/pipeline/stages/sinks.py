@@ -176,10 +176,8 @@ def _open(path: Path | None) -> IO[str] | None:
 
 def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
     sink = Sink(cfg)
-    ctx = zmq.Context()
-    inp = transport.socket(
-        ctx, zmq.PULL, connect=[cfg.endpoint("match"), cfg.endpoint("control")], hwm=16, linger_ms=0
-    )
+    ctx = transport.context(cfg)
+    inp = transport.socket(ctx, zmq.PULL, connect=cfg.upstream(STAGE), hwm=16, linger_ms=0)
     report_ready(cfg, STAGE, index)
     try:
         while not stop and not sink.finished():
