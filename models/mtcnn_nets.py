@@ -79,6 +79,16 @@ def max_pool(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
     return y if y.is_contiguous(memory_format=CL) else y.contiguous(memory_format=CL)
 
 
+def prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.prelu(x, weight), bit for bit, for a channels-last N x C x H x W tensor. Seen as rows of
+    W * C values with the weight tiled W times, the per-channel weight runs along the contiguous
+    axis: torch then vectorises it (7x faster for P-Net's 10 channels, whose channels-last PReLU
+    otherwise takes a scalar loop)."""
+    n, c, h, w = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(n * h, w * c)  # a view when x is channels-last
+    return F.prelu(rows, weight.repeat(w)).view(n, h, w, c).permute(0, 3, 1, 2)
+
+
 def _flatten_whc(x: torch.Tensor) -> torch.Tensor:
     # The weights come from a Caffe/TensorFlow graph: flatten in (W, H, C) order.
     return x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
@@ -108,9 +118,9 @@ class PNet(nn.Module):
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W -> features N x 32 x h x w (channels-last)."""
         x = x.contiguous(memory_format=CL)
-        x = max_pool(F.prelu(self.conv1(x), self.prelu1.weight), 2, 2)
-        x = F.prelu(self.conv2(x), self.prelu2.weight)
-        return F.prelu(self.conv3(x), self.prelu3.weight)
+        x = max_pool(prelu(self.conv1(x), self.prelu1.weight), 2, 2)
+        x = prelu(self.conv2(x), self.prelu2.weight)
+        return prelu(self.conv3(x), self.prelu3.weight)
 
     def prepare(self) -> None:
         """Cache the heads in the form the detector uses (after the weights are loaded)."""
@@ -162,9 +172,9 @@ class RNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.contiguous(memory_format=CL)
-        x = max_pool(F.prelu(self.conv1(x), self.prelu1.weight), 3, 2)
-        x = max_pool(F.prelu(self.conv2(x), self.prelu2.weight), 3, 2)
-        x = F.prelu(self.conv3(x), self.prelu3.weight)
+        x = max_pool(prelu(self.conv1(x), self.prelu1.weight), 3, 2)
+        x = max_pool(prelu(self.conv2(x), self.prelu2.weight), 3, 2)
+        x = prelu(self.conv3(x), self.prelu3.weight)
         x = F.prelu(self.dense4(_flatten_whc(x)), self.prelu4.weight)
         prob = torch.softmax(self.dense5_1(x), dim=1)[:, 1]
         return self.dense5_2(x), prob
@@ -195,10 +205,10 @@ class ONet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = x.contiguous(memory_format=CL)
-        x = max_pool(F.prelu(self.conv1(x), self.prelu1.weight), 3, 2)
-        x = max_pool(F.prelu(self.conv2(x), self.prelu2.weight), 3, 2)
-        x = max_pool(F.prelu(self.conv3(x), self.prelu3.weight), 2, 2)
-        x = F.prelu(self.conv4(x), self.prelu4.weight)
+        x = max_pool(prelu(self.conv1(x), self.prelu1.weight), 3, 2)
+        x = max_pool(prelu(self.conv2(x), self.prelu2.weight), 3, 2)
+        x = max_pool(prelu(self.conv3(x), self.prelu3.weight), 2, 2)
+        x = prelu(self.conv4(x), self.prelu4.weight)
         x = F.prelu(self.dense5(_flatten_whc(x)), self.prelu5.weight)
         prob = torch.softmax(self.dense6_1(x), dim=1)[:, 1]
         return self.dense6_2(x), self.dense6_3(x), prob

@@ -4,8 +4,8 @@ facenet-pytorch resizes with `F.interpolate(mode="area")`, i.e. adaptive average
 pixel i along an axis of n_in -> n_out averages input pixels [floor(i * n_in / n_out),
 ceil((i + 1) * n_in / n_out)). With an integral image (summed-area table) every such bin sum is
 four lookups, so
-- a pyramid level (or a horizontal strip of one) is two gathers, rows then columns, for all frames
-  of a batch at once;
+- a pyramid level (or a horizontal strip of one) is four row gathers from the flat table, one per
+  bin corner, for all frames of a batch at once;
 - all R-Net / O-Net candidate crops (crop box, then area-resize to 24 x 24 or 48 x 48) are one
   gather over every candidate of every frame (frames may differ in size: their integral images
   share one flat buffer).
@@ -90,16 +90,20 @@ def integral_images(frames: Sequence[np.ndarray], device: torch.device, buffer: 
     return ii, buffer
 
 
-@functools.lru_cache(maxsize=1024)
-def _resize_plan(h: int, w: int, out_h: int, out_w: int, rows: tuple[int, int], device: torch.device):
-    """Bin edges and divisors of one pyramid strip, cached: video frames keep their size, so a
-    stream of frames reuses the same few dozen plans."""
+@functools.lru_cache(maxsize=48)  # about three frame sizes
+def _resize_plan(h: int, w: int, out_h: int, out_w: int, device: torch.device):
+    """Table offsets of the four corners of every output pixel's bin (rows x columns), and the
+    divisors, of one pyramid level; cached: video frames keep their size, so a stream of frames
+    reuses the same dozen plans (about 12 bytes of index per output pixel)."""
     r0, r1 = bin_edges(h, out_h, device)
-    r0, r1 = r0[rows[0] : rows[1]], r1[rows[0] : rows[1]]
     c0, c1 = bin_edges(w, out_w, device)
+    # int32 offsets (half the memory) are enough below 2**31 table entries
+    dtype = torch.int32 if (h + 1) * (w + 1) < 2**31 else torch.int64
+    rows = torch.stack([r1, r0]) * (w + 1)
+    corners = (rows[:, None, :, None] + torch.stack([c1, c0])[None, :, None, :]).to(dtype)
     kh = (r1 - r0).to(torch.float32)[None, :, None, None]
     kw = ((c1 - c0).to(torch.float32) / SCALE)[None, None, :, None]
-    return r0, r1, c0, c1, kh, kw
+    return corners, kh, kw  # corners: (2 (bottom, top), 2 (right, left), out_h, out_w)
 
 
 def area_resize(
@@ -107,14 +111,24 @@ def area_resize(
 ) -> torch.Tensor:
     """Whole frames (N, H+1, W+1, 3 integral tables) -> (N, out_h, out_w, 3) float32, the values of
     (F.interpolate(frames, (out_h, out_w), mode="area") - 127.5) * SCALE. `rows` = (r0, r1): only
-    output rows r0 .. r1-1 (a horizontal strip)."""
+    output rows r0 .. r1-1 (a horizontal strip).
+
+    Each bin sum is four table lookups, one flat row gather per corner over just the output
+    pixels (gathering whole table rows first, then columns, reads the full frame width at every
+    level: twice the time)."""
     n, h1, w1, _ = tables.shape
-    r0, r1, c0, c1, kh, kw = _resize_plan(h1 - 1, w1 - 1, out_h, out_w, rows or (0, out_h), tables.device)
-    oh = r0.shape[0]
-    band = (tables.index_select(1, r1) - tables.index_select(1, r0)).view(n * oh, w1, 3)
-    sums = (band.index_select(1, c1) - band.index_select(1, c0)).view(n, oh, out_w, 3)
+    corners, kh, kw = _resize_plan(h1 - 1, w1 - 1, out_h, out_w, tables.device)
+    r0, r1 = rows or (0, out_h)
+    idx = corners[:, :, r0:r1].reshape(2, 2, -1)
+    if n > 1:  # the frames' tables follow one another in `flat`
+        step = torch.arange(n, dtype=idx.dtype, device=idx.device) * (h1 * w1)
+        idx = (idx[:, :, None, :] + step[:, None]).view(2, 2, -1)
+    flat = tables.reshape(-1, 3)  # a view: the tables are one contiguous block
+    sums = flat.index_select(0, idx[0, 0]).sub_(flat.index_select(0, idx[0, 1]))
+    sums.sub_(flat.index_select(0, idx[1, 0])).add_(flat.index_select(0, idx[1, 1]))
+    sums = sums.view(n, r1 - r0, out_w, 3)
     # ((sum / kh) / kw - 127.5) * SCALE, as torch's adaptive_avg_pool2d and MTCNN's scaling round it
-    return torch.div(sums, kh).div_(kw).sub_(127.5 * SCALE)
+    return torch.div(sums, kh[:, r0:r1]).div_(kw).sub_(127.5 * SCALE)
 
 
 def crop_resize(
