@@ -1,7 +1,10 @@
 """Benchmark `facestream run` on the shared clip (1080p) and a 640x360 copy made here: as fast as possible
 and with --realtime, against a single-process loop with the same models. Prints markdown tables.
 
-    python benchmarks/bench_pipeline.py [--clips 1080p 360p] [--min-face 20] [--threads 1]
+    python benchmarks/bench_pipeline.py [--clips 1080p 360p] [--min-face 20] [--threads 1] [--shm on off]
+
+--shm on off: each pipeline run with frames in the shared-memory rings and with pixels inline
+(transport.shm), interleaved, --repeat times each; the tables give medians over the repeats.
 
 Per-stage latencies come from the JSONL (`latency_ms`: each stage including the queue before it);
 CPU per stage from /proc (user+system seconds of each stage process, sampled while it runs)."""
@@ -166,6 +169,19 @@ def run_single(clip: Path, gallery: Path, min_face: int, threads: int | None) ->
     return {"frames": len(lat), "fps": len(lat) / wall, "e2e": pct(lat)}
 
 
+def median_run(rs: list[dict]) -> dict:
+    """Medians over repeated runs of one setting (frames: the fewest)."""
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    return {
+        "frames": min(r["frames"] for r in rs),
+        "fps": med([r["fps"] for r in rs]),
+        "e2e": [med([r["e2e"][i] for r in rs]) for i in range(3)],
+        "stages": {k: [med([r["stages"][k][i] for r in rs]) for i in range(2)] for k in rs[0]["stages"]},
+        "cpu": {k: med([r["cpu"].get(k, 0.0) for r in rs]) for k in rs[0]["cpu"]},
+        "repeats": len(rs),
+    }
+
+
 def fmt(x: float) -> str:
     return "-" if x != x else f"{x:.0f}" if x >= 100 else f"{x:.1f}"
 
@@ -177,14 +193,21 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch/ORT threads per stage process")
     ap.add_argument("--hwm", type=int, default=2)
     ap.add_argument("--no-single", action="store_true")
+    ap.add_argument("--shm", nargs="+", default=["on"], choices=["on", "off"], help="transport.shm settings")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each setting (medians reported)")
+    ap.add_argument("--no-realtime", action="store_true", help="only the as-fast-as-possible runs")
     args = ap.parse_args()
     if not CLIP.is_file():
         raise SystemExit(f"{CLIP}: shared clip not found")
     threads = f"threads: {args.threads}, " if args.threads else ""
-    cfg_text = (
-        f"detect: {{{threads}min_face_size: {args.min_face}, max_batch: 4, max_wait_ms: 5}}\n"
-        f"embed: {{{threads}max_batch: 32, max_wait_ms: 2}}\ntransport: {{hwm: {args.hwm}}}\n"
-    )
+
+    def cfg_text(shm: str) -> str:
+        return (
+            f"detect: {{{threads}min_face_size: {args.min_face}, max_batch: 4, max_wait_ms: 5}}\n"
+            f"embed: {{{threads}max_batch: 32, max_wait_ms: 2}}\n"
+            f"transport: {{hwm: {args.hwm}, shm: {'true' if shm == 'on' else 'false'}}}\n"
+        )
+
     results = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -196,13 +219,21 @@ def main() -> int:
         )
         for name in args.clips:
             clip = clips[name]
-            for realtime in (False, True):
-                r = run_pipeline(clip, gallery, tmp, realtime, cfg_text)
-                r.update(
-                    clip=name, mode="pipeline --realtime" if realtime else "pipeline, as fast as possible"
-                )
-                results.append(r)
-                print(f"[{name} {r['mode']}] {r['frames']} frames, {r['fps']:.1f} fps", file=sys.stderr)
+            for realtime in (False,) if args.no_realtime else (False, True):
+                runs: dict[str, list[dict]] = {shm: [] for shm in args.shm}
+                for _ in range(args.repeat):  # interleaved: a noisy neighbour hits every setting alike
+                    for shm in args.shm:
+                        r = run_pipeline(clip, gallery, tmp, realtime, cfg_text(shm))
+                        runs[shm].append(r)
+                        print(
+                            f"[{name} shm {shm} rt {realtime}] {r['frames']} frames, {r['fps']:.1f} fps",
+                            file=sys.stderr,
+                        )
+                for shm, rs in runs.items():
+                    r = median_run(rs)
+                    mode = "pipeline --realtime" if realtime else "pipeline, as fast as possible"
+                    r.update(clip=name, mode=mode + (f", shm {shm}" if len(args.shm) > 1 else ""))
+                    results.append(r)
             if not args.no_single:
                 s = run_single(clip, gallery, args.min_face, args.threads)
                 s.update(clip=name, mode="single process loop")
@@ -242,13 +273,27 @@ def main() -> int:
     )
     print("|---|---|---|---|")
     for name in args.clips:
-        fast = next((r for r in results if r["clip"] == name and r["mode"].endswith("possible")), None)
-        rt = next((r for r in results if r["clip"] == name and r["mode"].endswith("--realtime")), None)
+        fast = next((r for r in results if r["clip"] == name and "possible" in r["mode"]), None)
+        rt = next((r for r in results if r["clip"] == name and "--realtime" in r["mode"]), None)
         single = next((r for r in results if r["clip"] == name and r["mode"] == "single process loop"), None)
         if fast and rt and single:
             print(
                 f"| {name} | {fast['fps'] / single['fps']:.2f} | {rt['e2e'][0] / single['e2e'][0]:.2f} "
                 f"| {rt['e2e'][1] / single['e2e'][1]:.2f} |"
+            )
+    if len(args.shm) > 1:
+        print(
+            "\n| clip | mode | frames/s shm on / off | e2e p50 on / off | e2e p95 on / off | CPU s on / off |"
+        )
+        print("|---|---|---|---|---|---|")
+        for r in results:
+            if not r["mode"].endswith(", shm on"):
+                continue
+            base = r["mode"][: -len(", shm on")]
+            off = next(x for x in results if x["clip"] == r["clip"] and x["mode"] == base + ", shm off")
+            print(
+                f"| {r['clip']} | {base} | {r['fps'] / off['fps']:.2f} | {r['e2e'][0] / off['e2e'][0]:.2f} "
+                f"| {r['e2e'][1] / off['e2e'][1]:.2f} | {sum(r['cpu'].values()) / sum(off['cpu'].values()):.2f} |"
             )
     return 0
 

@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 CLIP = "video/facenet-pytorch-video.mp4"
@@ -354,3 +355,48 @@ def test_killed_detect_worker_is_restarted(small_clip, models_home, tmp_path):
     print(f"frames lost with the killed worker: {len(missing)} {missing}")
     assert len(missing) <= 10, missing
     assert len(seqs) + len(missing) == 40
+
+
+# ----- shared-memory frame rings (one host, the default) ---------------------------------------------
+def ring_dirs(pid: int) -> list[Path]:
+    return list(Path("/dev/shm").glob(f"facestream-{pid}-*"))
+
+
+def test_frames_travel_through_shm_rings_and_nothing_is_left(small_clip, models_home, tmp_path):
+    """The default ipc run puts frames in a /dev/shm ring (seen while it runs) and removes it after;
+    the results and the annotated video match a run with the pixels inline (transport.shm: false)."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm")
+    clip = short_clip(small_clip, tmp_path, 10)
+    got = {}
+    for shm in (True, False):
+        d = tmp_path / f"shm-{shm}"
+        d.mkdir()
+        out, record = d / "r.jsonl", d / "v.mp4"
+        cfg = f"transport: {{shm: {str(shm).lower()}}}\n"
+        proc, err = start(d, "--source", str(clip), "--out", str(out), "--record", str(record), config=cfg)
+        rings: set[str] = set()
+        while proc.poll() is None:
+            rings |= {p.name for r in ring_dirs(proc.pid) for p in r.glob("*.ring")}
+            time.sleep(0.05)
+        assert finish(proc) == 0, err.read_text()[-2000:]
+        assert not ring_dirs(proc.pid), "ring directory left in /dev/shm"
+        assert bool(rings) == shm, rings
+        video = cv2.VideoCapture(str(record))
+        assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 10
+        got[shm] = [(r["seq"], [f["box"] for f in r["faces"]]) for r in lines(out)]
+    # Same frames, same faces (boxes within a pixel: batches may differ between the runs).
+    assert [(seq, len(b)) for seq, b in got[True]] == [(seq, len(b)) for seq, b in got[False]]
+    assert len(got[True]) == 10 and sum(len(b) for _, b in got[True]) > 0
+    for (_, a), (_, b) in zip(got[True], got[False], strict=True):
+        assert np.allclose(sorted(a), sorted(b), atol=1.0), (a, b)
+
+
+def test_sigint_leaves_no_ring_behind(small_clip, models_home, tmp_path):
+    out = tmp_path / "r.jsonl"
+    proc, err = start(tmp_path, "--source", str(small_clip), "--out", str(out))
+    wait_for(lambda: len(out.read_text().splitlines()) >= 2 if out.exists() else False, 180, "2 results")
+    assert ring_dirs(proc.pid), "no ring in /dev/shm during an ipc run"
+    proc.send_signal(signal.SIGINT)
+    assert finish(proc, 60) == 0, err.read_text()[-2000:]
+    assert not ring_dirs(proc.pid)

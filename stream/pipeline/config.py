@@ -146,6 +146,12 @@ class TransportConfig(_Strict):
     hwm: int = Field(2, ge=1, le=1000)  # frames queued per link: low, or latency grows
     results_hwm: int = Field(100, ge=1)  # results PUB: small messages, slow dashboards drop
     curve: CurveConfig | None = None  # tcp only: encrypted, authenticated links
+    # ipc (one host): frames live in a per-camera shared-memory ring and only headers travel (see
+    # framering.py); default on with ipc. tcp always sends pixels inline (the ring is on one host).
+    shm: bool | None = None
+    ring_slots: int | None = Field(None, ge=4, le=4096)  # None: from the HWMs and batches (ring_slots())
+    ring_mb: int = Field(512, ge=16)  # the default slots are capped to this much memory per camera
+    shm_dir: Path | None = None  # set by the supervisor: its private ring directory
 
     @field_validator("host")
     @classmethod
@@ -158,7 +164,14 @@ class TransportConfig(_Strict):
             raise ValueError(
                 "curve needs kind: tcp (ipc links never leave the host and live in a private 0700 directory)"
             )
+        if self.shm and self.kind != "ipc":
+            raise ValueError("shm needs kind: ipc (shared memory does not reach other hosts)")
         return self
+
+    @property
+    def use_shm(self) -> bool:
+        """Frames go through a ring: ipc, not switched off, and a supervisor made the ring directory."""
+        return self.kind == "ipc" and self.shm is not False and self.shm_dir is not None
 
     def host_of(self, role: str) -> str:
         """The host that runs `role` (results: match's host unless set)."""
@@ -268,6 +281,29 @@ class PipelineConfig(_Strict):
             return [self.endpoint("match"), *control]
         prev = {"detect": "capture", "embed": "detect", "match": "embed"}[role]
         return [self.endpoint(prev, i) for i in range(self.workers(prev))]
+
+    def ring_windows(self, slots: int) -> dict[str, int]:
+        """How many frames each pixel-reading role may lag behind the capture (blocking sources):
+        detect the HWM budget inline pixels gave it (capture's send queue + each worker's receive
+        queue and batch + one in ZeroMQ's engine); the last reader the ring, less what two detect
+        workers can reorder. The video recorder (sink) reads pixels only with --record."""
+        hwm, d = self.transport.hwm, self.detect
+        detect = min(slots, hwm + d.workers * (hwm + d.max_batch) + 1)
+        last = max(1, slots - (d.workers - 1) * (2 * hwm + d.max_batch))
+        return {"detect": detect, "embed": last, **({"sink": last} if self.outputs.record else {})}
+
+    def ring_slots(self, frame_bytes: int) -> int:
+        """transport.ring_slots, or 2 x the HWMs on the path to the last pixel reader + the batches
+        there + a margin, capped to transport.ring_mb per camera (at least 8 slots)."""
+        t = self.transport
+        if t.ring_slots:
+            return t.ring_slots
+        hwms = 4 * t.hwm  # capture -> detect, detect -> embed: send + receive queues
+        batches = self.detect.max_batch * self.detect.workers + min(self.embed.max_batch, 16)
+        if self.outputs.record:  # embed -> match -> sink: the video recorder reads the pixels last
+            hwms += 2 * t.hwm + max(t.hwm, 16) + 16
+        slots = 2 * hwms + batches + 4
+        return max(8, min(slots, t.ring_mb * 2**20 // max(frame_bytes, 1)))
 
     def dump(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))

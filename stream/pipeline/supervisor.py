@@ -25,7 +25,7 @@ from pathlib import Path
 import zmq
 
 from stream.errors import FacestreamError
-from stream.pipeline import metrics, transport, wire
+from stream.pipeline import framering, metrics, transport, wire
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.sources import check, is_live
 from stream.pipeline.stages.base import EXIT_FATAL, EXIT_OK, EXIT_SOURCE_FAILED
@@ -60,6 +60,12 @@ class Supervisor:
         os.chmod(run_dir, 0o700)  # ipc sockets and metrics files: this user only
         self.run_dir = run_dir
         cfg.transport.run_dir = run_dir
+        # One host: frames travel through per-camera shared-memory rings in a private directory that
+        # this supervisor owns and removes when the run ends, however it ends (framering.py).
+        self.ring_dir: Path | None = None
+        if cfg.transport.kind == "ipc" and cfg.transport.shm is not False:
+            self.ring_dir = framering.make_dir(run_dir)
+            cfg.transport.shm_dir = self.ring_dir
         self.cfg_path = run_dir / "config.yaml"
         cfg.dump(self.cfg_path)
         self.children: list[Child] = []
@@ -105,6 +111,8 @@ class Supervisor:
             if self._control is not None:
                 self._control.close(linger=0)
                 self._ctx.term()
+            if self.ring_dir is not None:
+                shutil.rmtree(self.ring_dir, ignore_errors=True)
             if self.own_run_dir:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -220,6 +228,8 @@ class Supervisor:
         self.m.worker_restarts_total.labels(c.role).inc()
         self.restart_counts[c.role] = self.restart_counts.get(c.role, 0) + 1
         log.warning("stage %s died (%s): restarting", c.name, how)
+        if self.ring_dir is not None:  # the frames it held are lost: the captures stop waiting for them
+            framering.bump_epoch(self.ring_dir, c.role)
         self._spawn(c)
 
     def _terminate(self, children: list[Child], timeout_s: float = STOP_TIMEOUT_S) -> None:

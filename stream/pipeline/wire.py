@@ -7,10 +7,13 @@ and drop such messages.
 
 Header keys: v, kind, cam, seq, shape, dtype (of the frame pixels, or None), t (stage -> monotonic
 ns), wall (capture time, Unix s), arrays ([name, dtype, shape] of each further buffer), meta (small
-msgpack-able extras: the faces of a result, an end-of-stream count, an event)."""
+msgpack-able extras: the faces of a result, an end-of-stream count, an event), ref (None, or where the
+frame's pixels are on this host: {"ring": file name, "slot": n} -- see framering.py; the pixels then do
+not travel, shape and dtype still describe them, and the slot must hold this message's seq)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,10 +38,21 @@ STAMPS = ("capture", "detect_in", "detect_out", "embed_in", "embed_out", "match_
 _DTYPES = {"uint8": np.uint8, "float32": np.float32, "int32": np.int32}
 _MAX_DIMS = 4
 _MAX_ELEMENTS = 1 << 28  # 256 M elements: refuse absurd shapes before allocating anything
+_RING_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")  # a file name, never a path
+_MAX_SLOT = 1 << 16
 
 
 class WireError(ValueError):
     """A message that does not follow this schema (or another version of it)."""
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Where a frame's pixels are on this host: slot `slot` of ring file `ring` (framering.py)."""
+
+    ring: str
+    slot: int
+    shape: tuple[int, int, int]
 
 
 @dataclass
@@ -51,15 +65,23 @@ class Message:
     frame: np.ndarray | None = None  # H x W x 3 RGB uint8
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    ref: FrameRef | None = None  # pixels in a shared-memory ring: sent instead of them (frame: a view)
+
+    @property
+    def has_pixels(self) -> bool:
+        return self.frame is not None or self.ref is not None
 
     def stamp(self, name: str) -> None:
         """Record that this message passed `name` now (monotonic ns, comparable on one host only)."""
         self.t[name] = time.monotonic_ns()
 
 
-def frame_message(cam: str, seq: int, frame: np.ndarray, **meta: Any) -> Message:
-    """A fresh frame as capture emits it: stamped `capture` now, wall clock for the outputs."""
-    msg = Message(FRAME, cam, seq, wall=time.time(), frame=frame, meta=dict(meta))
+def frame_message(
+    cam: str, seq: int, frame: np.ndarray | None, ref: FrameRef | None = None, **meta: Any
+) -> Message:
+    """A fresh frame as capture emits it: stamped `capture` now, wall clock for the outputs. With
+    `ref` the pixels are in a ring slot and only the reference travels."""
+    msg = Message(FRAME, cam, seq, wall=time.time(), frame=frame, meta=dict(meta), ref=ref)
     msg.stamp("capture")
     return msg
 
@@ -76,8 +98,11 @@ def event_message(cam: str, event: dict[str, Any]) -> Message:
 def encode(msg: Message) -> list[Any]:
     """Header bytes followed by the raw buffers (contiguous arrays; zmq sends them without copies)."""
     buffers: list[np.ndarray] = []
-    shape = dtype = None
-    if msg.frame is not None:
+    shape = dtype = ref = None
+    if msg.ref is not None:  # the pixels stay in the ring; msg.frame (a view of it) is not sent
+        shape, dtype = list(msg.ref.shape), "uint8"
+        ref = {"ring": msg.ref.ring, "slot": msg.ref.slot}
+    elif msg.frame is not None:
         frame = _contiguous(msg.frame)
         shape, dtype = list(frame.shape), frame.dtype.name
         buffers.append(frame)
@@ -98,6 +123,8 @@ def encode(msg: Message) -> list[Any]:
         "arrays": specs,
         "meta": msg.meta,
     }
+    if ref is not None:
+        header["ref"] = ref
     return [msgpack.packb(header, use_bin_type=True), *buffers]
 
 
@@ -136,8 +163,10 @@ def decode(parts: Sequence[Any]) -> Message:
     specs = _field(header, "arrays", list)
     bufs = list(parts[1:])
 
-    frame = None
-    if header.get("shape") is not None:
+    frame = ref = None
+    if header.get("ref") is not None:
+        ref = _ref(header["ref"], header.get("shape"), header.get("dtype"))
+    elif header.get("shape") is not None:
         if not bufs:
             raise WireError("header has a frame shape but no pixel buffer")
         frame = _array(bufs.pop(0), header.get("dtype"), header["shape"], "frame")
@@ -150,7 +179,7 @@ def decode(parts: Sequence[Any]) -> Message:
         if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str)):
             raise WireError("array spec must be [name, dtype, shape]")
         arrays[spec[0]] = _array(buf, spec[1], spec[2], spec[0])
-    msg = Message(kind, cam, seq, t, float(wall), frame, arrays, meta)
+    msg = Message(kind, cam, seq, t, float(wall), frame, arrays, meta, ref)
     _check_kind(msg)
     return msg
 
@@ -161,7 +190,7 @@ _KIND_ARRAYS = {DETS: _FACE_ARRAYS, FACES: {**_FACE_ARRAYS, "embeddings": None}}
 
 
 def _check_kind(msg: Message) -> None:
-    if msg.kind in (FRAME, DETS) and msg.frame is None:
+    if msg.kind in (FRAME, DETS) and not msg.has_pixels:
         raise WireError(f"{msg.kind} message without pixels")
     want = _KIND_ARRAYS.get(msg.kind)
     if want is None:
@@ -179,6 +208,29 @@ def _check_kind(msg: Message) -> None:
     emb = msg.arrays.get("embeddings")
     if emb is not None and emb.ndim != 2:
         raise WireError(f"{msg.kind}: embeddings must be 2-d")
+
+
+def _ref(ref: Any, shape: Any, dtype: Any) -> FrameRef:
+    """A frame reference: a plain file name (no path), a slot number, and the frame's shape."""
+    if not isinstance(ref, dict) or set(ref) != {"ring", "slot"}:
+        raise WireError("ref must be {ring, slot}")
+    ring, slot = ref["ring"], ref["slot"]
+    if not isinstance(ring, str) or not _RING_NAME.match(ring) or ".." in ring:
+        raise WireError(f"ref: bad ring name {ring!r}")
+    if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < _MAX_SLOT:
+        raise WireError(f"ref: bad slot {slot!r}")
+    if dtype != "uint8":
+        raise WireError(f"ref: frame dtype {dtype!r}, must be uint8")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+        or shape[2] != 3
+    ):
+        raise WireError(f"ref: frame shape {shape!r}, must be H x W x 3")
+    if shape[0] * shape[1] * 3 > _MAX_ELEMENTS:
+        raise WireError(f"ref: frame shape {shape} too large")
+    return FrameRef(ring, slot, (shape[0], shape[1], 3))
 
 
 def _field(header: dict, key: str, types: type | tuple[type, ...]) -> Any:

@@ -12,7 +12,7 @@ from collections import Counter, deque
 
 import zmq
 
-from stream.pipeline import metrics, transport, wire
+from stream.pipeline import framering, metrics, transport, wire
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.sources import Backoff, LiveFeed, SourceError, open_source, sleep_until
 from stream.pipeline.stages.base import EXIT_OK, EXIT_SOURCE_FAILED, Stop, report_ready, send_blocking
@@ -38,6 +38,12 @@ class Capture:
             self.ctx, zmq.PUSH, bind=cfg.endpoint("capture", index), hwm=cfg.transport.hwm, linger_ms=-1
         )
         self._up: bool | None = None
+        # One host: pixels go into this camera's shared-memory ring, headers carry references.
+        self.ring = (
+            framering.RingWriter(cfg.transport.shm_dir, index, cfg.ring_slots)  # type: ignore[arg-type]
+            if cfg.transport.use_shm
+            else None
+        )
 
     # ----- state, events -----------------------------------------------------------------------
     def set_state(self, up: bool, reason: str) -> None:
@@ -66,13 +72,35 @@ class Capture:
         self.m.frames_dropped_total.labels(STAGE, self.cam, reason).inc()
 
     def emit(
-        self, frame, seq: int, fps: float | None, pts: float | None = None, live: bool = False
+        self,
+        frame,
+        seq: int,
+        fps: float | None,
+        pts: float | None = None,
+        live: bool = False,
+        wait: bool = False,
     ) -> wire.Message:
         """pts: the frame's time in the video (files), for tracking; live frames use wall time.
-        live: latest-frame semantics downstream (a busy detector skips to the newest frame)."""
+        live: latest-frame semantics downstream (a busy detector skips to the newest frame).
+        wait: blocking backpressure: with a ring, wait until the readers are within their windows
+        (framering.py: tiny headers are not held back by the HWMs)."""
         meta: dict = {"fps": fps} if pts is None else {"fps": fps, "pts": pts}
         if live:
             meta["live"] = True
+        if self.ring is not None:
+            try:
+                self.ring.prepare(frame.shape)
+            except framering.RingError as e:
+                log.warning("camera %s: %s; sending this frame inline", self.cam, e)
+                return wire.frame_message(self.cam, seq, frame, **meta)
+            if wait:
+                windows = self.cfg.ring_windows(self.ring.ring.slots)  # type: ignore[union-attr]
+                timeout = self.cfg.capture.send_timeout_s
+                if not self.ring.wait_room(seq, windows, self.stop, timeout) and not self.stop:
+                    log.warning("camera %s: readers %.0fs behind the ring; overwriting", self.cam, timeout)
+            name, slot = self.ring.write(frame, seq)
+            ref = wire.FrameRef(name, slot, tuple(frame.shape))  # type: ignore[arg-type]
+            return wire.frame_message(self.cam, seq, None, ref=ref, **meta)
         return wire.frame_message(self.cam, seq, frame, **meta)
 
     def sent_one(self) -> None:
@@ -83,9 +111,14 @@ class Capture:
         self.flush_events()
         for ev in list(self.pending_events):
             send_blocking(self.out, ev, self.stop, timeout_s=5)
-        eos = wire.eos_message(self.cam, self.sent, read=read, dropped=dict(self.dropped), error=error)
+        ring = {"ring": self.ring.name} if self.ring is not None and self.ring.name else {}
+        eos = wire.eos_message(
+            self.cam, self.sent, read=read, dropped=dict(self.dropped), error=error, **ring
+        )
         if not send_blocking(self.out, eos, _Never(), timeout_s=self.cfg.capture.send_timeout_s):
             log.error("camera %s: nobody took the end-of-stream message", self.cam)
+        elif ring and not self.ring.wait_received(self.sent, self.cfg.capture.send_timeout_s):  # type: ignore[union-attr]
+            log.warning("camera %s: detect did not confirm the end-of-stream message", self.cam)
 
     # ----- files ----------------------------------------------------------------------------------
     def run_file(self, source) -> int:
@@ -122,7 +155,7 @@ class Capture:
                     self.sent_one()
                 else:
                     self.drop("busy")
-            elif send_blocking(self.out, self.emit(frame, seq, fps, seq * period), self.stop):
+            elif send_blocking(self.out, self.emit(frame, seq, fps, seq * period, wait=True), self.stop):
                 self.sent_one()
         source.close()
         self.set_state(False, "end of file" if not self.stop else "stopped")
@@ -179,3 +212,5 @@ def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
     finally:
         cap.out.close()
         cap.ctx.term()
+        if cap.ring is not None:
+            cap.ring.close()

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import zmq
 
-from stream.pipeline import metrics, transport, wire
+from stream.pipeline import framering, metrics, transport, wire
 from stream.pipeline.batching import Received, receive, take_batch
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.stages.base import Stop, report_ready, send_blocking, set_threads, stage_threads
@@ -55,6 +55,7 @@ def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
     hwm = cfg.transport.hwm
     inp = transport.socket(ctx, zmq.PULL, connect=cfg.upstream(STAGE), hwm=hwm, linger_ms=0)
     out = transport.socket(ctx, zmq.PUSH, bind=cfg.endpoint(STAGE, index), hwm=hwm, linger_ms=2000)
+    pixels = framering.StagePixels(cfg, STAGE)
     report_ready(cfg, STAGE, index)
     log.info(
         "detect-%d ready (max_batch %d, max_wait %.1f ms)",
@@ -67,8 +68,9 @@ def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
             batch = take_batch(inp, STAGE, cfg.detect.max_batch, cfg.detect.max_wait_ms)
             batch = keep_freshest(batch, inp, m)
             if batch:
-                process(batch, detector, out, m, stop)
+                process(batch, detector, out, m, stop, pixels)
     finally:
+        pixels.close()
         inp.close()
         out.close(linger=0 if stop else 2000)
         ctx.term()
@@ -108,8 +110,23 @@ def keep_freshest(batch: list[Received], sock: zmq.Socket, m: metrics.Metrics) -
     return kept
 
 
-def process(batch: list[Received], detector, out: zmq.Socket, m: metrics.Metrics, stop: Stop) -> None:
-    frames = [r for r in batch if r.msg.kind == wire.FRAME and r.msg.frame is not None]
+def process(
+    batch: list[Received],
+    detector,
+    out: zmq.Socket,
+    m: metrics.Metrics,
+    stop: Stop,
+    pixels: framering.StagePixels | None = None,
+) -> None:
+    pixels = pixels or _INLINE
+    # Ring frames are viewed in place (load), and verified after detection (check): a slot the capture
+    # overwrote meanwhile is a counted drop, never detections on the wrong pixels.
+    dropped = {
+        id(r) for r in batch if r.msg.kind == wire.FRAME and r.msg.has_pixels and not pixels.load(r.msg)
+    }
+    frames = [
+        r for r in batch if r.msg.kind == wire.FRAME and r.msg.frame is not None and id(r) not in dropped
+    ]
     results: dict[int, dict[str, np.ndarray]] = {}
     if frames:
         for r in frames:
@@ -125,6 +142,9 @@ def process(batch: list[Received], detector, out: zmq.Socket, m: metrics.Metrics
             dets = [None] * len(frames)
         end = time.monotonic_ns()
         for r, d in zip(frames, dets, strict=True):
+            if not pixels.check(r.msg):
+                dropped.add(id(r))
+                continue
             r.msg.t["detect_out"] = end
             m.stage_seconds.labels(STAGE, r.msg.cam).observe((end - start) / 1e9)
             m.frames_total.labels(STAGE, r.msg.cam).inc()
@@ -139,9 +159,32 @@ def process(batch: list[Received], detector, out: zmq.Socket, m: metrics.Metrics
                 }
     for r in batch:
         msg = r.msg
+        pixels.done(msg)  # detect is through with this slot
+        if id(r) in dropped:
+            continue
         if id(r) in results:
             msg.kind = wire.DETS
             msg.arrays = results[id(r)]
         elif msg.kind == wire.FRAME:  # a frame header without pixels: nothing to detect
             msg.kind, msg.arrays = wire.DETS, empty_arrays()
+        pixels.carry(msg)
         send_blocking(out, msg, stop)
+
+
+class _Inline:
+    """No ring: every frame's pixels came with it."""
+
+    def load(self, msg) -> bool:
+        return True
+
+    def check(self, msg) -> bool:
+        return True
+
+    def done(self, msg) -> None:
+        pass
+
+    def carry(self, msg) -> None:
+        pass
+
+
+_INLINE = _Inline()

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import zmq
 
-from stream.pipeline import metrics, transport, wire
+from stream.pipeline import framering, metrics, transport, wire
 from stream.pipeline.batching import Received, take_batch
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.stages.base import Stop, report_ready, send_blocking, set_threads, stage_threads
@@ -39,14 +39,16 @@ def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
     inp = transport.socket(ctx, zmq.PULL, connect=cfg.upstream(STAGE), hwm=hwm, linger_ms=0)
     out = transport.socket(ctx, zmq.PUSH, bind=cfg.endpoint(STAGE, index), hwm=hwm, linger_ms=2000)
     keep_pixels = cfg.outputs.record is not None  # only the video sink needs them downstream
+    pixels = framering.StagePixels(cfg, STAGE)
     report_ready(cfg, STAGE, index)
     log.info("embed-%d ready (%s, max_batch %d faces)", index, cfg.model, cfg.embed.max_batch)
     try:
         while not stop:
             batch = take_batch(inp, STAGE, cfg.embed.max_batch, cfg.embed.max_wait_ms, weigh=faces_in)
             if batch:
-                process(batch, embedder, out, m, stop, keep_pixels)
+                process(batch, embedder, out, m, stop, keep_pixels, pixels)
     finally:
+        pixels.close()
         inp.close()
         out.close(linger=0 if stop else 2000)
         ctx.term()
@@ -54,13 +56,26 @@ def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
 
 
 def process(
-    batch: list[Received], embedder, out: zmq.Socket, m: metrics.Metrics, stop: Stop, keep_pixels: bool
+    batch: list[Received],
+    embedder,
+    out: zmq.Socket,
+    m: metrics.Metrics,
+    stop: Stop,
+    keep_pixels: bool,
+    pixels: framering.StagePixels | None = None,
 ) -> None:
     from stream.detector import Detections
 
-    frames = [r for r in batch if r.msg.kind == wire.DETS]
+    # Ring frames: crops are cut from the slot in place (load) and kept only if the slot still held the
+    # frame afterwards (check); the chips are copies, so nothing here holds the slot across batches.
+    dropped = set()
+    if pixels is not None:
+        for r in batch:
+            if r.msg.kind == wire.DETS and faces_in(r.msg) and not pixels.load(r.msg):
+                dropped.add(id(r))
+    frames = [r for r in batch if r.msg.kind == wire.DETS and id(r) not in dropped]
     start = time.monotonic_ns()
-    chips, counts = [], []
+    chips, counts, kept = [], [], []
     for r in frames:
         msg = r.msg
         msg.t["embed_in"] = r.at_ns
@@ -75,9 +90,13 @@ def process(
             except Exception as e:  # noqa: BLE001 - one bad frame must not kill the stage
                 log.warning("%s/%d: cannot crop faces: %s", msg.cam, msg.seq, e)
                 msg.meta["error"] = "alignment failed"
+            if pixels is not None and not pixels.check(msg):
+                dropped.add(id(r))
+                continue
         if c is None or len(c) != n:
             c = None
             _clear(msg)
+        kept.append(r)
         chips.append(c)
         counts.append(0 if c is None else n)
     total = sum(counts)
@@ -88,13 +107,13 @@ def process(
             emb = embedder.embed(np.concatenate([c for c in chips if c is not None]))
         except Exception as e:  # noqa: BLE001 - report, pass the frames on without faces
             log.warning("embedding a batch of %d faces failed: %s", total, e)
-            counts = [0] * len(frames)
-            for r in frames:
+            counts = [0] * len(kept)
+            for r in kept:
                 _clear(r.msg)
                 r.msg.meta["error"] = "embedding failed"
     end = time.monotonic_ns()
     at = 0
-    for r, n in zip(frames, counts, strict=True):
+    for r, n in zip(kept, counts, strict=True):
         msg = r.msg
         msg.arrays = {**msg.arrays, "embeddings": np.ascontiguousarray(emb[at : at + n], np.float32)}
         at += n
@@ -102,9 +121,15 @@ def process(
         msg.t["embed_out"] = end
         m.stage_seconds.labels(STAGE, msg.cam).observe((end - start) / 1e9)
         m.frames_total.labels(STAGE, msg.cam).inc()
-        if not keep_pixels:
-            msg.frame = None
     for r in batch:
+        if pixels is not None:
+            pixels.done(r.msg)  # embed is through with this slot (the recorder may still read it)
+        if not keep_pixels and r.msg.kind == wire.FACES:
+            r.msg.frame = r.msg.ref = None
+        if id(r) in dropped:
+            continue
+        if pixels is not None:
+            pixels.carry(r.msg)
         send_blocking(out, r.msg, stop)
 
 

@@ -144,6 +144,7 @@ def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
                     msg.wall,
                     frame=msg.frame,
                     meta={**msg.meta, "faces": faces},
+                    ref=msg.ref,  # the recorder's pixels: still in the ring (one host)
                 )
                 emit(result)
                 emit_events(msg.cam, events)

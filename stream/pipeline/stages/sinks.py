@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import zmq
 
-from stream.pipeline import transport, wire
+from stream.pipeline import framering, transport, wire
 from stream.pipeline.batching import receive
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.stages.base import Stop, report_ready
@@ -65,11 +65,15 @@ class Recorder:
         return self.path.with_name(f"{self.path.stem}-{cam}{self.path.suffix}")
 
     def write(self, cam: str, frame: np.ndarray, faces: list[dict], fps: float | None) -> None:
+        self.write_bgr(cam, draw(frame, faces), fps)
+
+    def write_bgr(self, cam: str, img: np.ndarray, fps: float | None) -> None:
+        """An annotated BGR frame (draw's output)."""
         if cam not in self.writers:
-            h, w = frame.shape[:2]
+            h, w = img.shape[:2]
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
             self.writers[cam] = cv2.VideoWriter(str(self.path_for(cam)), fourcc, fps or 25.0, (w, h))
-        self.writers[cam].write(draw(frame, faces))
+        self.writers[cam].write(img)
 
     def close(self) -> None:
         for w in self.writers.values():
@@ -85,6 +89,7 @@ class Sink:
         self.out: IO[str] | None = _open(cfg.outputs.out)
         self.events: IO[str] | None = _open(cfg.outputs.events)
         self.recorder = Recorder(cfg.outputs.record, cfg.cameras) if cfg.outputs.record else None
+        self.pixels = framering.StagePixels(cfg, STAGE)
 
     def handle(self, msg: wire.Message) -> None:
         cam = self.cams.setdefault(msg.cam, CameraState())
@@ -106,8 +111,9 @@ class Sink:
                 line["error"] = msg.meta["error"]
             if self.out:
                 self.out.write(json.dumps(line, separators=(",", ":")) + "\n")
-            if self.recorder and msg.frame is not None:
-                self.recorder.write(msg.cam, msg.frame, faces, msg.meta.get("fps"))
+            if self.recorder and msg.has_pixels:
+                self.record(msg, faces)
+            self.pixels.done(msg)
         elif msg.kind == wire.EVENT:
             if self.events:
                 self.events.write(json.dumps(msg.meta.get("event", {}), separators=(",", ":")) + "\n")
@@ -115,12 +121,25 @@ class Sink:
             cam.exited_at = now
             cam.error = cam.error or msg.meta.get("error")
         elif msg.kind == wire.EOS:
+            cam.stale += int(msg.meta.get("skipped", 0))  # frames a stage dropped just before the end
             cam.sent = int(msg.meta.get("sent", msg.seq))
             cam.eos_at = now
             cam.error = msg.meta.get("error")
             cam.dropped = msg.meta.get("dropped")
             if cam.error:
                 log.error("camera %s failed: %s", msg.cam, cam.error)
+
+    def record(self, msg: wire.Message, faces: list[dict]) -> None:
+        """Annotate and write the frame. Ring pixels: drawn on a copy, which is written only if the slot
+        still held this frame after copying (else no video frame, counted as overwritten)."""
+        if not self.pixels.load(msg):
+            self.pixels.skipped.pop(msg.cam, None)  # the result itself was written: not a missing frame
+            return
+        img = draw(msg.frame, faces)
+        if not self.pixels.check(msg):
+            self.pixels.skipped.pop(msg.cam, None)
+            return
+        self.recorder.write_bgr(msg.cam, img, msg.meta.get("fps"))  # type: ignore[union-attr]
 
     def finished(self) -> bool:
         """Every camera ended, and its frames arrived (or stopped arriving: lost with a killed worker)."""
@@ -162,6 +181,7 @@ class Sink:
                 f.close()
         if self.recorder:
             self.recorder.close()
+        self.pixels.close()
         if self.cfg.transport.run_dir is not None:
             path = Path(self.cfg.transport.run_dir) / "summary.json"
             tmp = path.with_suffix(".tmp")
