@@ -400,3 +400,39 @@ def test_sigint_leaves_no_ring_behind(small_clip, models_home, tmp_path):
     proc.send_signal(signal.SIGINT)
     assert finish(proc, 60) == 0, err.read_text()[-2000:]
     assert not ring_dirs(proc.pid)
+
+
+def test_results_pub_carries_results_not_pixels(small_clip, models_home, tmp_path):
+    """Dashboards subscribe to the results PUB: one msgpack result per frame with the faces, and no
+    pixels or ring references even while --record makes pixels flow to the sink."""
+    import zmq
+
+    from stream.pipeline import wire
+
+    clip = short_clip(small_clip, tmp_path, 10)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(endpoint)  # before the run binds: ZeroMQ reconnects, so no result is missed
+    try:
+        proc, err = start(
+            tmp_path, "--source", str(clip), "--record", str(tmp_path / "v.mp4"), "--results", endpoint
+        )
+        results = []
+        deadline = time.monotonic() + 120
+        while proc.poll() is None or sub.poll(200):
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError("run did not finish")
+            if sub.poll(200):
+                msg = wire.decode(sub.recv_multipart())
+                if msg.kind == wire.RESULT:
+                    results.append(msg)
+        assert proc.returncode == 0, err.read_text()[-2000:]
+    finally:
+        sub.close(0)
+        ctx.term()
+    assert [m.seq for m in results] == list(range(10))
+    assert all(m.frame is None and m.ref is None for m in results)
+    assert all("faces" in m.meta for m in results) and any(m.meta["faces"] for m in results)

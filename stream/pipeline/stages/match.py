@@ -4,6 +4,7 @@ dashboards (results PUB, msgpack). Picks up gallery changes while running."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -102,8 +103,10 @@ def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
 
     def emit(msg: wire.Message) -> None:
         send_blocking(sink, msg, stop)
+        # Dashboards get results, not pixels: no frame, and no ring reference they could not map.
+        light = dataclasses.replace(msg, frame=None, ref=None) if msg.frame is not None or msg.ref else msg
         try:  # dashboards are best-effort: a slow subscriber loses messages, never slows us
-            transport.send(pub, msg, zmq.NOBLOCK)
+            transport.send(pub, light, zmq.NOBLOCK)
         except zmq.Again:
             pass
 
