@@ -16,16 +16,20 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 
 
 def load_image(path: str | Path) -> np.ndarray:
+    return decode_image(read_file(path), name=str(path))
+
+
+def read_file(path: str | Path) -> bytes:
+    """A user's file's bytes, or one FacestreamError line saying why not."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise FacestreamError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise FacestreamError(f"{path}: is a directory, not an image") from None
     except OSError as e:
         raise FacestreamError(f"{path}: cannot read ({e.strerror})") from None
-    return decode_image(data, name=str(path))
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:

@@ -8,6 +8,7 @@ re-running the command skips what is already in (same file hash) and adds the re
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from facestream_models.fetch import sha256_file as file_sha256
 from stream.errors import FacestreamError
 from stream.gallery.crops import decode_crop, encode_crop, make_crop, to_crop_coords
 from stream.gallery.quality import MIN_EYE_PX, MIN_SHARPNESS, quality_problem
 from stream.gallery.store import Gallery, NewSample, validate_name
+from stream.imageio import read_file
 
 if TYPE_CHECKING:
     from stream.embedder import Embedder
@@ -77,14 +78,7 @@ def pick_face(
 
 
 def photo_hash(path: Path) -> str:
-    try:
-        return file_sha256(path)
-    except FileNotFoundError:
-        raise FacestreamError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise FacestreamError(f"{path}: is a directory, not an image") from None
-    except OSError as e:
-        raise FacestreamError(f"{path}: cannot read ({e.strerror})") from None
+    return hashlib.sha256(read_file(path)).hexdigest()
 
 
 def prepare_sample(analyzer: FaceAnalyzer, path: Path, sha256: str, opts: EnrollOptions) -> NewSample:
