@@ -5,8 +5,6 @@ person wherever the tracker follows them, and writes an annotated video."""
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,23 +16,28 @@ log = logging.getLogger(__name__)
 SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "video" / "facenet-pytorch-video.mp4"
 
 
-def first_face_crop(source: str, dest: Path) -> None:
-    """Save the largest face of the source's first frame, with context around it, as an image."""
+def enroll_first_face(source: str, gallery_path: Path, crop_path: Path) -> None:
+    """Enroll the largest face of the source's first frame (saved with context around it) as
+    "person-1", in this process, with the analyzer that found it."""
     from stream.faces import FaceAnalyzer
+    from stream.gallery.enroll import EnrollOptions, enroll_person
+    from stream.gallery.store import Gallery
 
     cap = cv2.VideoCapture(int(source) if source.isdigit() else source)
     ok, bgr = cap.read()
     cap.release()
     if not ok:
         raise FacestreamError(f"{source}: cannot read a first frame")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    dets = FaceAnalyzer().detect([rgb])[0]
+    analyzer = FaceAnalyzer()
+    dets = analyzer.detect([cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)])[0]
     if not len(dets.boxes):
         raise FacestreamError(f"{source}: no face in the first frame to enroll")
     x1, y1, x2, y2 = max(dets.boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])).astype(int)
     w, h = x2 - x1, y2 - y1
-    crop = bgr[max(0, y1 - h // 2) : y2 + h // 2, max(0, x1 - w // 2) : x2 + w // 2]
-    cv2.imwrite(str(dest), crop)
+    cv2.imwrite(str(crop_path), bgr[max(0, y1 - h // 2) : y2 + h // 2, max(0, x1 - w // 2) : x2 + w // 2])
+    # --force: a face from a moving video is blurrier than enrollment normally accepts.
+    with Gallery.open(gallery_path, create=True) as gallery:
+        enroll_person(gallery, analyzer, "person-1", [crop_path], EnrollOptions(largest=True, force=True))
 
 
 def demo(source: str | None, record: Path) -> int:
@@ -44,26 +47,8 @@ def demo(source: str | None, record: Path) -> int:
     source = source or (str(SAMPLE) if SAMPLE.is_file() else "0")
     with tempfile.TemporaryDirectory(prefix="facestream-demo-") as d:
         tmp = Path(d)
-        first_face_crop(source, tmp / "person-1.png")
         gallery = tmp / "gallery.db"
-        enroll = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "stream",
-                "enroll",
-                "--gallery",
-                str(gallery),
-                "--force",
-                "--largest",
-                "person-1",
-                str(tmp / "person-1.png"),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if enroll.returncode != 0:
-            raise FacestreamError(f"demo enrollment failed: {enroll.stderr.strip().splitlines()[-1:]}")
+        enroll_first_face(source, gallery, tmp / "person-1.png")
         cfg = config.load(
             None,
             {
