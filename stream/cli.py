@@ -18,7 +18,7 @@ from stream.errors import FacestreamError
 def build_parser() -> argparse.ArgumentParser:
     # Imported here so that `facestream --help` stays fast: command modules import heavy libraries
     # (torch, onnxruntime) only inside their command functions.
-    from stream import model_commands
+    from stream import doctor, model_commands
     from stream.gallery import commands as gallery_commands
     from stream.pipeline import commands as pipeline_commands
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     model_commands.register(sub)
+    doctor.register(sub)
     gallery_commands.register(sub)
     pipeline_commands.register(sub)
     return parser
