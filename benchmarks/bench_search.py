@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stream import doctor  # noqa: E402
 from stream.gallery import search  # noqa: E402
 from stream.gallery.matcher import FAST_MIN_ROWS, SampleIndex  # noqa: E402
 
@@ -123,6 +124,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--no-precision", action="store_true", help="skip the matrix precision table")
     args = ap.parse_args()
+    print(doctor.header())  # the machine the figures below were measured on
     sizes = [int(s) for s in args.sizes.split(",")]
     rng = np.random.default_rng(0)
     print(
