@@ -74,7 +74,7 @@ def facts(config: Path | None = None, metrics_port: int | None = None, ports: bo
         "storage": _storage(cfg, notes),
         "ports": _ports(cfg, notes) if ports else [],
     }
-    return {**out, **notes}
+    return {**out, **notes, "ok": not notes["problems"]}
 
 
 def _threads(cfg: Any, notes: dict[str, list[str]]) -> dict[str, Any]:
@@ -411,7 +411,7 @@ def _torch_cuda(t: dict) -> str:
         return f"works ({t['cuda_device']})"
     if t.get("cuda_error"):
         return f"fails: {t['cuda_error']}"
-    return "no GPU" if t["cuda_build"] else "not in this build (CPU-only torch)"
+    return "no GPU" if t["cuda_build"] else "not in this build"
 
 
 def _ort_cuda(o: dict) -> str:
@@ -440,10 +440,10 @@ def _int8(i: dict) -> str:
     if i["state"] == "skipped":
         return f"skipped at build: {i['reason']}"
     if i["state"] == "verified":
-        same = "same" if i["same_kernel"] else "differs (re-verified at load)"
+        same = "same" if i["same_kernel"] else "differs (re-verified at load; fp32 if that fails)"
         return f"verified on {i['verified_on']}, this CPU {i['this_cpu']}: {same}"
     if i["state"] == "unrecorded":
-        return f"built; the CPU it was verified on is not recorded (this CPU {i['this_cpu']})"
+        return f"built; the CPU it was verified on is not recorded (this CPU {i['this_cpu']}: re-verified at load)"
     return "no int8 model"
 
 

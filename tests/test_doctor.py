@@ -57,7 +57,7 @@ def test_empty_home_reports_the_machine_and_how_to_build(tmp_path: Path) -> None
     assert all(re.match(r"^[A-Za-z0-9 ._/-]+: +\S", line) for line in out.splitlines()), out
 
     rc, report = doctor_json(tmp_path / "empty")
-    assert rc == 0 and report["schema"] == 1 and report["problems"] == []
+    assert rc == 0 and report["schema"] == 1 and report["problems"] == [] and report["ok"]
     for key in ("cpu", "threads", "runtimes", "models", "embedder", "storage", "ports", "warnings"):
         assert key in report
     assert {m["state"] for m in report["models"]["items"]} == {"not built"}
@@ -142,7 +142,7 @@ def test_damaged_model_fails(tmp_path: Path, models_home: Path) -> None:
 
     rc, report = doctor_json(home)
     models = models_by_name(report)
-    assert rc == 1
+    assert rc == 1 and not report["ok"]
     assert models["dlib-resnet-v1"]["state"] == "damaged"
     assert any("model.onnx has" in p for p in models["dlib-resnet-v1"]["problems"])
     assert models["mtcnn"]["state"] == "damaged"
