@@ -29,10 +29,18 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from facestream_models.registry import DEFAULT_EMBEDDER
 from stream.errors import FacestreamError
@@ -78,16 +86,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _open_timeout(v: object) -> float | str:
+    # One plain message instead of pydantic's two per union member.
+    if v == "forever" or v == float("inf"):
+        return "forever"
+    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+        raise ValueError(f"must be seconds > 0 or 'forever', got {v!r}")
+    return float(v)
+
+
+# How long a live source may take to open for the first time before the run fails: seconds, or
+# "forever" (a CCTV camera that may be rebooting when the pipeline starts). Only the FIRST open has a
+# deadline: a camera that delivered once and dropped is retried forever.
+OpenTimeout = Annotated[float | str, PlainValidator(_open_timeout)]
+
+
 class SourceConfig(_Strict):
     url: str  # webcam index ("0"), video file, image folder, rtsp:// or http(s):// URL
     name: str | None = None  # camera label in outputs; default cam<i>
     fps: float | None = Field(None, gt=0)  # pacing for image folders / files without fps
+    open_timeout_s: OpenTimeout | None = None  # None: capture.open_timeout_s
 
 
 class CaptureConfig(_Strict):
     realtime: bool = False  # pace files at native fps and drop like a live camera
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(10.0, gt=0)
+    # Every live source's first-open deadline unless the source sets its own. 10 s: several backoff
+    # retries (a camera still negotiating gets its chance), short enough that a typo is noticed.
+    open_timeout_s: OpenTimeout = 10.0
     send_timeout_s: float = Field(60.0, gt=0)  # blocking sends give up (and say so) after this
 
 
@@ -244,6 +271,12 @@ class PipelineConfig(_Strict):
             if len(self.sources) > 100:
                 raise ValueError("transport tcp: at most 100 sources (capture ports are base_port+0..99)")
         return self
+
+    def open_timeout(self, index: int) -> float | None:
+        """Source `index`'s first-open deadline in seconds; None: wait forever."""
+        t = self.sources[index].open_timeout_s
+        t = self.capture.open_timeout_s if t is None else t
+        return None if t == "forever" else float(t)
 
     @property
     def cameras(self) -> list[str]:

@@ -3,15 +3,21 @@ uint8 frames (BGR->RGB happens here, once).
 
 Live sources (webcams, URLs) are read by `LiveFeed`, a reader thread that keeps only the latest frame
 (a busy pipeline never makes a camera queue old frames) and reopens a dropped camera with capped
-exponential backoff, reporting up/down through a callback."""
+exponential backoff, reporting up/down through a callback. A source that has never opened gives up
+after its open timeout (a misspelled URL must not look like a quiet camera); one that opened once
+retries forever (a camera that drops is coming back)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -23,6 +29,8 @@ log = logging.getLogger(__name__)
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 OPEN_TIMEOUT_MS = 5000
+PROBE_TIMEOUT_S = 1.0
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}
 
 
 class SourceError(FacestreamError):
@@ -43,6 +51,47 @@ def check(url: str) -> str | None:
     if p.is_dir() and not _images(p):
         return f"{url}: folder has no images"
     return None
+
+
+def without_url(url: str, message: str) -> str:
+    """A SourceError's or check()'s message without its leading "URL: " (callers name the source)."""
+    return message.removeprefix(f"{url}: ")
+
+
+def diagnose(url: str) -> str:
+    """Why a live source did not open, as far as a cheap look can tell: OpenCV only says that it
+    failed, and "cannot open" alone does not tell a typo from a camera that is off or in use."""
+    if url.isdigit():
+        if not sys.platform.startswith("linux"):
+            return "no camera with this index, or it is in use"
+        dev = Path(f"/dev/video{url}")
+        if not dev.exists():
+            return f"no such camera ({dev} does not exist)"
+        if not os.access(dev, os.R_OK | os.W_OK):
+            return f"no permission to open {dev} (is this user in the video group?)"
+        return f"{dev} did not open (in use by another program, or not a capture device)"
+    parts = urlsplit(url)
+    try:
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return "bad port in the URL"
+    host = parts.hostname
+    if not host or port is None:  # udp:// and friends: nothing to probe
+        return "stream did not open"
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            pass
+    except socket.gaierror:
+        return f"cannot resolve host {host}"
+    except ConnectionRefusedError:
+        return f"connection refused by {host}:{port}"
+    except TimeoutError:
+        return f"no answer from {host}:{port} within {PROBE_TIMEOUT_S:g} s"
+    except OSError as e:
+        return f"cannot connect to {host}:{port} ({e.strerror or e})"
+    return (
+        f"{host}:{port} accepts connections but the stream did not open (wrong path, credentials or format?)"
+    )
 
 
 def _images(folder: Path) -> list[Path]:
@@ -74,8 +123,7 @@ class VideoSource:
             cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            what = "cannot open camera" if self.live else "cannot decode video"
-            raise SourceError(f"{self.url}: {what}")
+            raise SourceError(f"{self.url}: {diagnose(self.url) if self.live else 'cannot decode video'}")
         self._cap = cap
 
     @property
@@ -162,7 +210,9 @@ class Backoff:
 class LiveFeed:
     """Reads a live source in a thread; `latest()` hands out the newest frame only.
 
-    on_state(up: bool, reason: str) is called on every up/down transition (metrics, events, log)."""
+    on_state(up: bool, reason: str) is called on every up/down transition and on every failed retry
+    (metrics, events, log). open_timeout_s: a source that has not opened once within this time gives
+    up (`gave_up` holds the last reason and the thread ends); None waits forever."""
 
     def __init__(
         self,
@@ -170,11 +220,14 @@ class LiveFeed:
         backoff: Backoff,
         on_state: Callable[[bool, str], None],
         on_reconnect: Callable[[], None] = lambda: None,
+        open_timeout_s: float | None = None,
     ):
         self.source = source
         self.backoff = backoff
         self.on_state = on_state
         self.on_reconnect = on_reconnect
+        self.open_timeout_s = open_timeout_s
+        self.gave_up: str | None = None  # set (by the reader thread) when it never opened in time
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
         self._index = 0  # frames read from the camera so far
@@ -190,7 +243,7 @@ class LiveFeed:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        self._thread.join(timeout=OPEN_TIMEOUT_MS / 1000 + 1)
+        self._thread.join(timeout=OPEN_TIMEOUT_MS / 1000 + PROBE_TIMEOUT_S + 1)
         self.source.close()
 
     def latest(self, timeout_s: float) -> tuple[np.ndarray, int] | None:
@@ -211,6 +264,9 @@ class LiveFeed:
     def _run(self) -> None:
         up = False
         first = True
+        # Only a source that has never opened has a deadline: once it has delivered, a drop is a
+        # camera rebooting or a network blip, and live semantics say keep trying.
+        deadline = None if self.open_timeout_s is None else time.monotonic() + self.open_timeout_s
         while not self._stop.is_set():
             if not up:
                 try:
@@ -219,11 +275,20 @@ class LiveFeed:
                     first = False
                     self.source.open()
                 except SourceError as e:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        self.gave_up = str(e)
+                        return
                     delay = self.backoff.next()
-                    self.on_state(False, f"{e}; retrying in {delay:.1f}s")
+                    if left is None:
+                        self.on_state(False, f"{e}; retrying in {delay:.1f}s")
+                    else:  # one last try right at the deadline, not a backoff step past it
+                        delay = min(delay, left)
+                        self.on_state(False, f"{e}; retrying in {delay:.1f}s (gives up in {left:.1f}s)")
                     self._stop.wait(delay)
                     continue
                 up = True
+                deadline = None
                 self.backoff.reset()
                 self.on_state(True, "opened")
             frame = self.source.read()

@@ -5,7 +5,14 @@ prints the summary.
 Run lifecycle: workers (sink, match, embed, detect) start first and report ready once their models
 are loaded; then the captures start. The run ends when the sink has seen every camera's end of
 stream (and its frames) and exits; then the workers are stopped. A first SIGINT/SIGTERM stops the
-captures only, so what is in flight drains through to the outputs; a second one stops everything."""
+captures only, so what is in flight drains through to the outputs; a second one stops everything.
+
+A source that cannot be read (a file that does not open, a live source that never opened within its
+open timeout) fails the whole run: the other captures are stopped the same way, what they sent
+drains through, and the run exits non-zero with that source's one line. Why not keep the others
+running: with live cameras the run never ends by itself, so a misspelled URL would be one warning
+scrolling by while that camera silently produces nothing; a source that should be waited for says
+so in the config (open_timeout_s: forever)."""
 
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ import zmq
 from stream.errors import FacestreamError
 from stream.pipeline import framering, metrics, transport, wire
 from stream.pipeline.config import PipelineConfig
-from stream.pipeline.sources import check, is_live
+from stream.pipeline.sources import check, is_live, without_url
 from stream.pipeline.stages.base import EXIT_FATAL, EXIT_OK, EXIT_SOURCE_FAILED
 from stream.pipeline.summary import format_summary
 
@@ -71,6 +78,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.signals = 0
         self.errors: dict[str, str] = {}
+        self.failed_sources: dict[str, str] = {}  # camera -> its one line; the run fails with them
         self.restart_counts: dict[str, int] = {}
         self.metrics_server = None
         self._ctx: zmq.Context | None = None
@@ -83,6 +91,10 @@ class Supervisor:
             cmd.append("-v")
         cmd += ["stage", child.role, "--config", str(self.cfg_path), "--index", str(child.index)]
         env = {**os.environ, "FACESTREAM_SUPERVISED": "1", "OPENCV_LOG_LEVEL": "ERROR"}
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            # FFmpeg's own "[tcp @ 0x..] Connection refused" on every retry: the capture's warning
+            # already says why (sources.diagnose), in one line that names the camera. -8: quiet.
+            env.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         # Idle OpenMP threads sleep instead of spinning: stages share the cores (see stage_threads).
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which then drains in order.
@@ -159,6 +171,10 @@ class Supervisor:
                 break
             if self._watch():
                 break
+            if self.failed_sources and drain_deadline is None:
+                log.info("stopping: a source cannot be read; draining what is in flight")
+                self._terminate([c for c in captures if not c.finished])
+                drain_deadline = time.monotonic() + cfg.supervisor.drain_timeout_s
             time.sleep(0.05)
         return self._finish()
 
@@ -191,11 +207,16 @@ class Supervisor:
             if c.role == "capture" and (rc in (EXIT_OK, EXIT_SOURCE_FAILED) or self.signals):
                 c.finished = True  # done, failed for good, or stopped on purpose by us
                 if rc == EXIT_SOURCE_FAILED:
-                    self.errors[self.cfg.cameras[c.index]] = "source failed (see above)"
+                    self._source_failed(c)
                 self._capture_gone(c)
                 continue
             self._restart(c, rc)
         return False
+
+    def _source_failed(self, c: Child) -> None:
+        cam = self.cfg.cameras[c.index]
+        message = self._fatal_message(c) or f"source {cam} ({self.cfg.sources[c.index].url}) failed"
+        self.errors[cam] = self.failed_sources[cam] = message
 
     def _capture_gone(self, c: Child, error: str | None = None) -> None:
         """Tell the sink this camera's capture has exited. Its own end-of-stream message normally
@@ -203,8 +224,16 @@ class Supervisor:
         message cannot come (capture killed) -- the sink then ends the camera once it goes quiet."""
         cam = self.cfg.cameras[c.index]
         notice = wire.eos_message(cam, 0, exited=True, error=error)
-        if not transport.try_send(self._control, notice, timeout_ms=1000):
+        if self._sink_done():
+            return  # it took the camera's own end-of-stream and has stopped reading: nothing to tell
+        if not transport.try_send(self._control, notice, timeout_ms=1000) and not self._sink_done():
             log.warning("could not tell the sink that camera %s ended", cam)
+
+    def _sink_done(self) -> bool:
+        """The sink has ended (it writes summary.json as it closes, then exits)."""
+        sink = next((c for c in self.children if c.role == "sink"), None)
+        exited = sink is not None and sink.proc is not None and sink.proc.poll() is not None
+        return exited or (self.run_dir / "summary.json").exists()
 
     def _restart(self, c: Child, rc: int) -> None:
         how = f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
@@ -256,8 +285,13 @@ class Supervisor:
     # ----- the end ----------------------------------------------------------------------------------
     def _finish(self) -> int:
         self._stop_all()
+        for c in self.children:  # the sink may have ended before _watch saw a failed capture exit
+            if c.role == "capture" and c.proc is not None and c.proc.returncode == EXIT_SOURCE_FAILED:
+                self._source_failed(c)
         summary = self.summary()
         print(format_summary(summary), file=sys.stderr)
+        if self.failed_sources:  # their own lines, already naming source, URL and reason
+            raise FacestreamError("; ".join(self.failed_sources.values()))
         errors = {**self.errors, **summary.get("errors", {})}  # the sink has the sources' own words
         if errors and set(errors) >= set(self.cfg.cameras):
             raise FacestreamError(
@@ -304,13 +338,19 @@ def read_counters(metrics_dir: Path) -> dict[str, dict[tuple[str, ...], float]]:
 
 
 def precheck(cfg: PipelineConfig) -> None:
-    """Refuse at once what cannot work, before any model loads: a missing gallery or models, and
-    sources that all fail (with some good ones, the bad ones are reported while the rest runs)."""
+    """Refuse at once what cannot work, before any model loads: a missing gallery or models, and any
+    local source that cannot be read (a missing file or an empty folder will not appear by retrying,
+    and such a source fails the run anyway: better now than after the models load and the other
+    sources have run)."""
     if not cfg.sources:
         raise FacestreamError("no --source given")
-    problems = [p for p in (check(s.url) for s in cfg.sources) if p]
-    if len(problems) == len(cfg.sources):
-        raise FacestreamError("no source can be read: " + "; ".join(problems))
+    problems = [
+        f"source {s.name} ({s.url}) cannot be read: {without_url(s.url, p)}"
+        for s in cfg.sources
+        if (p := check(s.url))
+    ]
+    if problems:
+        raise FacestreamError("; ".join(problems))
     if cfg.gallery is not None and not cfg.gallery.is_file():
         raise FacestreamError(f"gallery {cfg.gallery} does not exist (enroll someone to create it)")
     from stream.modelstore import read_manifest

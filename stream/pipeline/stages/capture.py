@@ -2,7 +2,11 @@
 
 Files (default): every frame, blocking backpressure, then an end-of-stream message.
 Files with realtime, and live sources: paced / latest-frame; a frame the pipeline cannot take at
-once is dropped and counted (reason "busy"), frames decoded too late for their slot are "late"."""
+once is dropped and counted (reason "busy"), frames decoded too late for their slot are "late".
+
+A source that cannot be read -- a file that does not open, a live source that has not opened once
+within its open timeout -- ends this process with EXIT_SOURCE_FAILED and one line for the supervisor
+(report_fatal), which then fails the whole run."""
 
 from __future__ import annotations
 
@@ -14,8 +18,15 @@ import zmq
 
 from stream.pipeline import framering, metrics, transport, wire
 from stream.pipeline.config import PipelineConfig
-from stream.pipeline.sources import Backoff, LiveFeed, SourceError, open_source, sleep_until
-from stream.pipeline.stages.base import EXIT_OK, EXIT_SOURCE_FAILED, Stop, report_ready, send_blocking
+from stream.pipeline.sources import Backoff, LiveFeed, SourceError, open_source, sleep_until, without_url
+from stream.pipeline.stages.base import (
+    EXIT_OK,
+    EXIT_SOURCE_FAILED,
+    Stop,
+    report_fatal,
+    report_ready,
+    send_blocking,
+)
 
 log = logging.getLogger(__name__)
 STAGE = "capture"
@@ -24,6 +35,7 @@ STAGE = "capture"
 class Capture:
     def __init__(self, cfg: PipelineConfig, index: int, stop: Stop):
         self.cfg = cfg
+        self.index = index
         self.src = cfg.sources[index]
         self.cam: str = self.src.name  # type: ignore[assignment]
         self.stop = stop
@@ -38,6 +50,8 @@ class Capture:
             self.ctx, zmq.PUSH, bind=cfg.endpoint("capture", index), hwm=cfg.transport.hwm, linger_ms=-1
         )
         self._up: bool | None = None
+        # Down until it opens: a scrape during the first retries shows the camera, at 0.
+        self.m.camera_up.labels(self.cam).set(0)
         # One host: pixels go into this camera's shared-memory ring, headers carry references.
         self.ring = (
             framering.RingWriter(cfg.transport.shm_dir, index, cfg.ring_slots)  # type: ignore[arg-type]
@@ -120,15 +134,22 @@ class Capture:
         elif ring and not self.ring.wait_received(self.sent, self.cfg.capture.send_timeout_s):  # type: ignore[union-attr]
             log.warning("camera %s: detect did not confirm the end-of-stream message", self.cam)
 
+    def fail(self, message: str) -> int:
+        """This source will never deliver: tell the supervisor (it fails the run) and the sink."""
+        report_fatal(self.cfg, STAGE, self.index, message)
+        self.finish(0, error=message)
+        return EXIT_SOURCE_FAILED
+
     # ----- files ----------------------------------------------------------------------------------
     def run_file(self, source) -> int:
         try:
             source.open()
         except SourceError as e:
             self.set_state(False, str(e))
-            log.error("camera %s failed: %s", self.cam, e)
-            self.finish(0, error=str(e))
-            return EXIT_SOURCE_FAILED
+            # No retry: a file that is missing or undecodable now will be so in a second too.
+            return self.fail(
+                f"source {self.cam} ({self.src.url}) cannot be read: {without_url(self.src.url, str(e))}"
+            )
         self.set_state(True, "opened")
         realtime = self.cfg.capture.realtime
         fps = source.fps or 25.0
@@ -169,8 +190,13 @@ class Capture:
     def run_live(self, source) -> int:
         c = self.cfg.capture
         reconnects = self.m.camera_reconnects_total.labels(self.cam)
+        timeout = self.cfg.open_timeout(self.index)
         feed = LiveFeed(
-            source, Backoff(c.reconnect_initial_s, c.reconnect_max_s), self.set_state, reconnects.inc
+            source,
+            Backoff(c.reconnect_initial_s, c.reconnect_max_s),
+            self.set_state,
+            reconnects.inc,
+            open_timeout_s=timeout,
         )
         feed.start()
         overwritten = 0
@@ -183,6 +209,8 @@ class Capture:
                         self.drop("busy")
                     overwritten = feed.overwritten
                 if got is None:
+                    if feed.gave_up:
+                        break
                     continue
                 frame, index = got
                 if transport.try_send(self.out, self.emit(frame, index - 1, source.fps, live=True)):
@@ -191,6 +219,11 @@ class Capture:
                     self.drop("busy")
         finally:
             feed.stop()
+        if feed.gave_up and not self.stop:
+            return self.fail(
+                f"source {self.cam} ({self.src.url}) never opened in {timeout:g} s: "
+                f"{without_url(self.src.url, feed.gave_up)}; set open_timeout_s: forever to wait for it"
+            )
         self.set_state(False, "stopped")
         self.finish(feed.frames_read)
         return EXIT_OK
