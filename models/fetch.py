@@ -53,6 +53,9 @@ def fetch_package(src: PackageSource, downloads: Path, from_file: Path | None = 
             tmp,
             f"{src.package}=={src.version}",
         ]
+        if src.filename.endswith((".tar.gz", ".zip")):
+            # The pin is an sdist: without this, pip saves the wheel when the release has one too.
+            cmd[-1:-1] = ["--no-binary", src.package]
         log.info("downloading %s==%s from PyPI", src.package, src.version)
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
