@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up facestream on a fresh machine: a virtual environment in .venv, the CPU build of torch,
-# the project with its test tools, and the default models (MTCNN + dlib-resnet-v1) built into
-# $FACESTREAM_HOME (default ~/.cache/facestream). Safe to run again: every step is idempotent.
+# the project with its test tools, the default models (MTCNN + dlib-resnet-v1) built into
+# $FACESTREAM_HOME (default ~/.cache/facestream), and the demo's sample photos there too (so that
+# `facestream demo` needs no network afterwards). Safe to run again: every step is idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -13,3 +14,5 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 .venv/bin/facestream models pull
+# The demo's sample photos (face_recognition 1.3.0 sdist, pinned): `facestream demo` then runs offline.
+.venv/bin/facestream demo --fetch-only
