@@ -285,8 +285,10 @@ class Supervisor:
     # ----- the end ----------------------------------------------------------------------------------
     def _finish(self) -> int:
         self._stop_all()
-        for c in self.children:  # the sink may have ended before _watch saw a failed capture exit
-            if c.role == "capture" and c.proc is not None and c.proc.returncode == EXIT_SOURCE_FAILED:
+        # The sink may end (it got the failed camera's end-of-stream) before _watch sees that capture
+        # exit, and our SIGTERM may then catch it in interpreter shutdown: its line is the evidence.
+        for c in self.children:
+            if c.role == "capture" and self._fatal_message(c):
                 self._source_failed(c)
         summary = self.summary()
         print(format_summary(summary), file=sys.stderr)
