@@ -278,13 +278,14 @@ def test_two_sources_at_once(small_clip, models_home, tmp_path):
     assert all(r["faces"] for r in rows)
 
 
-def test_failing_sources_are_reported_while_the_other_camera_runs(small_clip, models_home, tmp_path):
+def test_a_camera_waited_for_retries_while_the_other_camera_runs(small_clip, models_home, tmp_path):
+    """open_timeout_s: forever (a CCTV camera that is rebooting) keeps retrying while the others run;
+    sources that never open without it fail the run (tests/test_source_failures.py)."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     closed = s.getsockname()[1]
     s.close()
     rtsp = f"rtsp://127.0.0.1:{closed}/live"
-    missing = tmp_path / "missing.mp4"
     clip = short_clip(small_clip, tmp_path, 10)
     out, events = tmp_path / "r.jsonl", tmp_path / "events.jsonl"
     proc, err = start(
@@ -292,27 +293,24 @@ def test_failing_sources_are_reported_while_the_other_camera_runs(small_clip, mo
         "--source",
         str(clip),
         "--source",
-        str(missing),
-        "--source",
         rtsp,
         "--out",
         str(out),
         "--events",
         str(events),
-        config="capture: {reconnect_initial_s: 0.2, reconnect_max_s: 1.0}\n",
+        config="capture: {reconnect_initial_s: 0.2, reconnect_max_s: 1.0, open_timeout_s: forever}\n",
     )
-    # The file camera completes although the others fail; the rtsp camera retries until we stop.
+    # The file camera completes although the other fails; the rtsp camera retries until we stop.
     wait_for(lambda: len(lines(out)) >= 10 or proc.poll() is not None, 180, "cam0's frames")
     proc.send_signal(signal.SIGINT)
     rc = finish(proc)
     text = err.read_text()
     assert sorted(r["seq"] for r in lines(out) if r["camera"] == "cam0") == list(range(10))
     assert not [r for r in lines(out) if r["camera"] != "cam0"]
-    assert f"{missing}: no such file" in text
-    assert re.search(rf"camera cam2 down: {re.escape(rtsp)}: cannot open camera; retrying in", text)
-    assert rc == 2 and "1 of 3 sources failed" in text.splitlines()[-1]  # the missing file fails the run
+    assert re.search(rf"camera cam1 down: {re.escape(rtsp)}: connection refused by .*; retrying in", text)
+    assert rc == 0, text[-2000:]
     downs = {e["camera"] for e in lines(events) if e["type"] == "camera_down"}
-    assert {"cam1", "cam2"} <= downs
+    assert "cam1" in downs
 
 
 def test_sigint_drains_and_leaves_valid_jsonl(small_clip, models_home, tmp_path):

@@ -1,16 +1,23 @@
-"""Sources: files, folders, live feeds with latest-frame semantics and capped backoff."""
+"""Sources: files, folders, live feeds with latest-frame semantics and capped backoff, and what a source
+that never opens does (its reason, its open timeout; end to end in test_source_failures.py)."""
 
 from __future__ import annotations
 
+import functools
 import socket
+import sys
 import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import yaml
 
-from stream.pipeline import sources
+from stream.errors import FacestreamError
+from stream.pipeline import config, sources
 
 
 def write_video(path, frames: int = 5, size=(64, 48), fps: float = 25.0):
@@ -155,3 +162,108 @@ def test_live_feed_reopens_a_dropped_stream():
     assert done.wait(2.0)
     feed.stop()
     assert states[:3] == [True, False, True] and cam.opened == 2
+
+
+# ----- sources that never open (issue 7, item 6) ---------------------------------------------------------
+def test_diagnose_says_why_a_live_source_did_not_open():
+    if not Path("/dev/video9").exists() and sys.platform.startswith("linux"):
+        assert sources.diagnose("9") == "no such camera (/dev/video9 does not exist)"
+    port = closed_port()
+    assert sources.diagnose(f"rtsp://127.0.0.1:{port}/x") == f"connection refused by 127.0.0.1:{port}"
+    assert sources.diagnose("rtsp://127.0.0.1:99999/x") == "bad port in the URL"
+    with socket.socket() as server:  # something listens, but it is not the stream
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert "accepts connections but the stream did not open" in sources.diagnose(
+            f"rtsp://127.0.0.1:{port}/x"
+        )
+
+
+def test_live_feed_that_never_opens_gives_up_at_its_open_timeout():
+    port = closed_port()
+    states: list[str] = []
+    feed = sources.LiveFeed(
+        sources.VideoSource(f"rtsp://127.0.0.1:{port}/x"),
+        sources.Backoff(0.05, 0.2),
+        lambda up, why: states.append(why),
+        open_timeout_s=0.6,
+    )
+    t0 = time.monotonic()
+    feed.start()
+    feed._thread.join(5)
+    waited = time.monotonic() - t0
+    assert not feed._thread.is_alive() and 0.55 <= waited < 2.0, waited
+    assert feed.gave_up == f"rtsp://127.0.0.1:{port}/x: connection refused by 127.0.0.1:{port}"
+    assert len(states) >= 3 and all("retrying in" in s and "gives up in" in s for s in states)
+    feed.stop()
+
+
+def test_live_feed_that_opened_once_retries_forever(tmp_path):
+    """A real stream (a video over HTTP) that delivers, then its server goes away: no deadline any
+    more, however short the open timeout -- a camera that dropped is coming back."""
+    write_video(tmp_path / "v.mp4", frames=5)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v.mp4"
+    states: list[tuple[bool, str]] = []
+    up = threading.Event()
+
+    def on_state(is_up: bool, why: str) -> None:
+        states.append((is_up, why))
+        if is_up:
+            up.set()
+
+    feed = sources.LiveFeed(
+        sources.VideoSource(url), sources.Backoff(0.05, 0.2), on_state, open_timeout_s=0.3
+    )
+    feed.start()
+    try:
+        assert up.wait(5.0), states
+        server.shutdown()
+        server.server_close()
+        time.sleep(1.5)  # five times the open timeout
+        assert feed.gave_up is None and feed._thread.is_alive()
+        refused = [why for is_up, why in states if not is_up and "connection refused" in why]
+        assert len(refused) >= 3 and not any("gives up" in why for why in refused)
+        assert feed.frames_read >= 1
+    finally:
+        feed.stop()
+
+
+def test_open_timeout_config(tmp_path):
+    cfg = config.PipelineConfig.model_validate(
+        {
+            "sources": [
+                {"url": "0"},
+                {"url": "rtsp://h/x", "open_timeout_s": "forever"},
+                {"url": "1", "open_timeout_s": 3},
+            ],
+            "capture": {"open_timeout_s": 20},
+        }
+    )
+    assert [cfg.open_timeout(i) for i in range(3)] == [20.0, None, 3.0]
+    assert config.PipelineConfig().capture.open_timeout_s == 10.0  # the default
+    forever = config.PipelineConfig.model_validate(
+        {"sources": [{"url": "0"}], "capture": {"open_timeout_s": "forever"}}
+    )
+    assert forever.open_timeout(0) is None
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert config.load(tmp_path / "c.yaml").open_timeout(1) is None  # what the supervisor hands its stages
+    for bad in ("0", "-1", "never", "true", ".nan"):
+        (tmp_path / "bad.yaml").write_text(f"sources: [{{url: '0', open_timeout_s: {bad}}}]\n")
+        with pytest.raises(
+            FacestreamError, match=r"sources\.0\.open_timeout_s: .*must be seconds > 0 or 'forever'"
+        ):
+            config.load(tmp_path / "bad.yaml")
+    (tmp_path / "bad.yaml").write_text("capture: {open_timeout_s: null}\n")  # null: only a source inherits
+    with pytest.raises(FacestreamError, match=r"capture\.open_timeout_s: .*must be seconds > 0 or 'forever'"):
+        config.load(tmp_path / "bad.yaml")
+    (tmp_path / "typo.yaml").write_text("sources: [{url: '0', open_timeout: 5}]\n")
+    with pytest.raises(FacestreamError, match="open_timeout: Extra inputs are not permitted"):
+        config.load(tmp_path / "typo.yaml")
