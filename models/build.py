@@ -24,6 +24,9 @@ from stream.modelstore import MANIFEST
 log = logging.getLogger(__name__)
 
 Builder = Callable[[dict[str, Path], Path, ModelSpec], dict]
+# Bumped when what a build writes changes (2: int8 with U8U8 input layers, its CPU record and check
+# chips): a model published by an older build is rebuilt by the next pull.
+BUILD_FORMAT = 2
 
 
 def _builder(name: str) -> Builder:
@@ -50,7 +53,7 @@ def is_built(name: str, home: Path | None = None) -> bool:
     except (OSError, ValueError):
         return False
     files = manifest.get("files", {})
-    return bool(files) and all(
+    return manifest.get("build_format") == BUILD_FORMAT and bool(files) and all(
         (path.parent / f).is_file() and (path.parent / f).stat().st_size == size for f, size in files.items()
     )
 
@@ -101,6 +104,7 @@ def _build_one(spec: ModelSpec, root: Path, downloads: Path, from_file: Path | N
         extras = _builder(spec.name)(inputs, out, spec)
         manifest = spec.to_manifest()
         manifest.update(extras)
+        manifest["build_format"] = BUILD_FORMAT
         manifest["source_sha256"] = source_sha
         manifest["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         manifest["build_seconds"] = round(time.monotonic() - t0, 2)

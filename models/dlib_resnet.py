@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from facestream_models.dlib_dat import TAG_OR_SKIP_VERSION, DatLayer, DlibNet, read_dat
-from facestream_models.onnx_export import BuildError, export_onnx
+from facestream_models.onnx_export import BuildError, export_onnx, skip_optional
+from facestream_models.quantize import fp32_embeddings
 from facestream_models.registry import ModelSpec
+from stream.int8_check import CHECK_CHIPS, CHECK_FILE, verified_on, write_check
 
 log = logging.getLogger(__name__)
 DAT_NAME = "dlib_face_recognition_resnet_model_v1.dat"
@@ -294,19 +296,29 @@ def aligned_chips(data: Path = SHARED_DATA, min_prob: float = INT8_MIN_PROB) -> 
 def build_int8(out_dir: Path, spec: ModelSpec) -> dict:
     """Write out_dir/model.int8.onnx from out_dir/model.onnx when it is verified and worthwhile.
 
-    Returns the manifest's "int8" entry: the figures, or {"skipped": reason} where no int8 file is
-    written (no real faces to calibrate and verify on, or no speed-up on this machine). Without the
-    shared data we skip rather than calibrate on synthetic input: an int8 model whose identity
-    decisions were never checked on real faces must not be published, and the runtime falls back to
-    fp32 by itself. Raises BuildError when int8 fails its verification."""
-    from facestream_models.quantize import quantize_and_verify, speedup
-
+    Returns the manifest's "int8" entry: the figures, the processor it was verified on and a check
+    file for other processors (stream.int8_check), or {"skipped": reason} where no int8 file is
+    written: no real faces to calibrate and verify on, a failed verification, or no speed-up here.
+    int8 is optional, so none of these fails the build of the fp32 model. Without the shared data
+    we skip rather than calibrate on synthetic input: an int8 model whose identity decisions were
+    never checked on real faces must not be published."""
     ours = aligned_chips()
     dlib_chips = reference_chips()
     if ours is None or dlib_chips is None:
-        reason = f"no real face chips to calibrate and verify int8 on ({SHARED_DATA} absent)"
-        log.warning("%s: int8 skipped: %s", spec.name, reason)
-        return {"skipped": reason}
+        return skip_optional(
+            spec.name, "int8", f"no real face chips to calibrate and verify int8 on ({SHARED_DATA} absent)"
+        )
+    try:
+        return _quantize_checked(out_dir, spec, ours, dlib_chips)
+    except BuildError as e:
+        (out_dir / INT8_FILE).unlink(missing_ok=True)
+        (out_dir / CHECK_FILE).unlink(missing_ok=True)
+        return skip_optional(spec.name, "int8", str(e))
+
+
+def _quantize_checked(out_dir: Path, spec: ModelSpec, ours: np.ndarray, dlib_chips: np.ndarray) -> dict:
+    from facestream_models.quantize import quantize_and_verify, speedup
+
     calibration = normalise_chips(ours, spec.mean, spec.std)
     verification = np.concatenate([calibration, normalise_chips(dlib_chips, spec.mean, spec.std)])
     strict = np.arange(len(verification)) >= len(calibration)  # dlib's own chips
@@ -326,18 +338,22 @@ def build_int8(out_dir: Path, spec: ModelSpec) -> dict:
     stats["speedup"] = round(speedup(fp32, int8, verification[:8]), 2)
     stats["speedup_batch"] = 8
     if stats["speedup"] < INT8_MIN_SPEEDUP:
-        int8.unlink()
-        reason = f"int8 only {stats['speedup']}x as fast as fp32 here (< {INT8_MIN_SPEEDUP}x)"
-        log.warning("%s: int8 skipped: %s", spec.name, reason)
-        return {"skipped": reason, **{k: v for k, v in stats.items() if k != "file"}}
+        raise BuildError(f"int8 only {stats['speedup']}x as fast as fp32 here (< {INT8_MIN_SPEEDUP}x)")
+    # Real faces spread over both sets, for a recheck on CPUs with other int8 kernels.
+    chips = np.concatenate([ours, dlib_chips])
+    pick = np.linspace(0, len(chips) - 1, CHECK_CHIPS).round().astype(int)
+    write_check(out_dir / CHECK_FILE, chips[pick], fp32_embeddings(fp32, verification[pick]))
+    stats["verified_on"] = verified_on()
+    stats["check_file"] = CHECK_FILE
     log.info(
-        "%s: int8 L2 vs fp32 mean %.4f max %.4f, %d/%d decisions changed, %.2fx faster",
+        "%s: int8 L2 vs fp32 mean %.4f max %.4f, %d/%d decisions changed, %.2fx faster (%s)",
         spec.name,
         stats["l2_mean"],
         stats["l2_max"],
         stats["decisions_changed"],
         stats["pairs"],
         stats["speedup"],
+        stats["verified_on"]["int8_kernel"],
     )
     return stats
 

@@ -4,6 +4,7 @@ fails."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -13,11 +14,19 @@ import torch
 
 from stream.errors import FacestreamError
 
+log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4
 
 
 class BuildError(FacestreamError):
     """A model build or its verification failed; nothing is published."""
+
+
+def skip_optional(model: str, artifact: str, reason: str) -> dict:
+    """The manifest entry of an optional artifact (int8, extras) that is not built: one warning
+    line, and {"skipped": reason}. Only a default model's own checks may fail a build."""
+    log.warning("%s: %s skipped: %s", model, artifact, reason)
+    return {"skipped": reason}
 
 
 def export_onnx(

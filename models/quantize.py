@@ -2,14 +2,19 @@
 embedder: on real faces its vectors stay within a stated L2 of fp32's and not one same/different
 decision at the model's threshold changes, or the build fails with a one-line BuildError.
 
-Recipe (chosen by measurement on dlib-resnet-v1, 2 AVX-512 VNNI cores, see the closing note of the
-int8 work): ONNX Runtime's pre-processing (shape inference + basic graph optimisation, which folds
-dlib's per-channel affine Mul/Add into the convolutions), then static QDQ quantisation with
-per-channel symmetric int8 weights, uint8 activations and MinMax calibration (deterministic: same
-chips in the same order give the same file). The node(s) that write the graph's outputs stay fp32:
-their rounding would land straight in the embedding, and they are a negligible share of the work
-(dlib's 256 x 128 fc). Keeping the first convolution fp32 as well helped accuracy a little but
-halved the speed-up, so it is quantised."""
+Recipe (chosen by measurement on dlib-resnet-v1 with both families of x86 int8 kernels, see
+benchmarks/RESULTS.md): ONNX Runtime's pre-processing (shape inference + basic graph optimisation,
+which folds dlib's per-channel affine Mul/Add into the convolutions), then static QDQ quantisation
+with per-channel weights, uint8 activations and MinMax calibration (deterministic: same chips in the
+same order give the same file). Weights are int8 (U8S8, the fast kernels) except in the layers that
+read the image itself, whose weights are uint8 (U8U8). Why: without VNNI, x86 CPUs multiply U8S8
+with an instruction that adds pairs of u8 x s8 products in saturating 16-bit lanes; pixels fill the
+whole uint8 range, so in the first convolution those pairs overflow and the embedding goes wrong
+(L2 ~0.18 from fp32 instead of ~0.035), while deeper activations (after ReLU, mostly small) do not.
+U8U8 has no such lane, and the first layer is a small share of the work. The other documented
+remedy, 7-bit weights everywhere (reduce_range), is as portable but measurably less accurate.
+The node(s) that write the graph's outputs stay fp32: their rounding would land straight in the
+embedding, and they are a negligible share of the work (dlib's 256 x 128 fc)."""
 
 from __future__ import annotations
 
@@ -27,7 +32,10 @@ from facestream_models.onnx_export import BuildError
 
 log = logging.getLogger(__name__)
 
-RECIPE = "QDQ, per-channel int8 weights, uint8 activations, MinMax calibration, output layer fp32"
+RECIPE = (
+    "QDQ, per-channel weights: uint8 where a layer reads the input, int8 elsewhere; uint8 activations, "
+    "MinMax calibration, output layer fp32"
+)
 
 
 class _Batches:
@@ -46,6 +54,18 @@ def output_nodes(model_path: Path) -> list[str]:
     m = onnx.load(str(model_path))
     outs = {o.name for o in m.graph.output}
     return [n.name for n in m.graph.node if outs.intersection(n.output)]
+
+
+def input_weights(model_path: Path) -> list[str]:
+    """Weight initializers of the nodes that read the graph's input (the image)."""
+    m = onnx.load(str(model_path))
+    inputs = {i.name for i in m.graph.input}
+    weights = {i.name for i in m.graph.initializer}
+    return [
+        n.input[1]
+        for n in m.graph.node
+        if inputs.intersection(n.input[:1]) and n.input[1:2] and n.input[1] in weights
+    ]
 
 
 def quantize_int8(
@@ -71,6 +91,12 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=output_nodes(prep),
+            # U8U8 where pixels come in: no saturating 16-bit pair sums on any CPU (module docstring).
+            extra_options={
+                "TensorQuantOverrides": {
+                    w: [{"quant_type": QuantType.QUInt8, "axis": 0}] for w in input_weights(prep)
+                }
+            },
         )
 
 
@@ -83,6 +109,10 @@ def _session(path: Path) -> ort.InferenceSession:
 def _run(sess: ort.InferenceSession, x: np.ndarray, batch: int = 16) -> np.ndarray:
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def fp32_embeddings(fp32_path: Path, inputs: np.ndarray) -> np.ndarray:
+    return _run(_session(fp32_path), inputs)
 
 
 def compare(

@@ -5,8 +5,10 @@ Precision: "fp32" runs the exported model; "int8" the statically quantised one t
 against it (model.int8.onnx, manifest key "int8"; ~2x faster on CPUs with int8 dot products);
 "auto" takes int8 on CPU where the published model has it and fp32 otherwise (and always on CUDA,
 whose provider has no fast path for these QDQ graphs). The default is fp32: it reproduces dlib's own
-descriptors, and int8 (mean L2 ~0.036 from fp32) is a speed option a deployment chooses knowingly.
-Which provider and precision run is logged once per model."""
+descriptors, and int8 is a speed option a deployment chooses knowingly. An int8 file verified on
+another family of int8 kernels is rechecked here on real faces first (stream.int8_check); if it
+fails, fp32 runs instead, with one warning. Which provider and precision run is logged once per
+model."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import onnxruntime as ort
 from facestream_models.registry import DEFAULT_EMBEDDER, CropSpec, ModelSpec, get_spec
 from stream.align import crop_faces
 from stream.errors import FacestreamError
+from stream.int8_check import accept_int8
 from stream.modelstore import model_path, read_manifest
 
 if TYPE_CHECKING:
@@ -66,31 +69,41 @@ class Embedder:
         self.spec: ModelSpec = get_spec(name)
         manifest = read_manifest(name, home)
         providers = _providers(device)
-        self.precision = _choose_precision(name, manifest, home, precision, providers[0])
-        file_name = (
-            manifest.get("file", "model.onnx") if self.precision == "fp32" else manifest["int8"]["file"]
-        )
-        onnx_file = model_path(name, home) / file_name
-        if not onnx_file.is_file():
-            raise FacestreamError(
-                f"{onnx_file}: missing; rebuild with `facestream models pull --force {name}`"
-            )
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        # No busy-waiting between runs: the pipeline's stages share the cores, and a spinning
-        # thread pool here steals them from detection (and from torch in the same process).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(onnx_file), sess_options=opts, providers=providers)
-        self.provider = self.session.get_providers()[0]
-        log.info("embedder %s runs on %s in %s (%s)", name, self.provider, self.precision, onnx_file.name)
         self.crop_spec: CropSpec = self.spec.crop
         self.dim = self.spec.dim
         self.metric = self.spec.metric
         self.threshold = float(manifest.get("threshold", self.spec.threshold))
         self._mean = np.asarray(self.spec.mean, dtype=np.float32)
         self._inv_std = 1.0 / np.asarray(self.spec.std, dtype=np.float32)
+        self.precision = _choose_precision(name, manifest, home, precision, providers[0])
+        self._threads = threads
+        if self.precision == "int8":
+            self.session = self._open(model_path(name, home) / manifest["int8"]["file"], providers)
+            runs_on = None if providers[0] == "CPUExecutionProvider" else providers[0]
+            ok, why = accept_int8(model_path(name, home), manifest["int8"], self.embed, runs_on)
+            if not ok:
+                log.warning("embedder %s: int8 not usable on this CPU, using fp32: %s", name, why)
+                self.precision = "fp32"
+            else:
+                log.debug("embedder %s: int8 %s", name, why)
+        if self.precision == "fp32":
+            self.session = self._open(model_path(name, home) / manifest.get("file", "model.onnx"), providers)
+        self.provider = self.session.get_providers()[0]
+        log.info("embedder %s runs on %s in %s", name, self.provider, self.precision)
+
+    def _open(self, onnx_file: Path, providers: list[str]) -> ort.InferenceSession:
+        if not onnx_file.is_file():
+            raise FacestreamError(
+                f"{onnx_file}: missing; rebuild with `facestream models pull --force {self.name}`"
+            )
+        opts = ort.SessionOptions()
+        if self._threads:
+            opts.intra_op_num_threads = self._threads
+        opts.log_severity_level = 3
+        # No busy-waiting between runs: the pipeline's stages share the cores, and a spinning
+        # thread pool here steals them from detection (and from torch in the same process).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(onnx_file), sess_options=opts, providers=providers)
 
     def crop(self, frame: np.ndarray, dets: Detections) -> np.ndarray:
         """Chips (N, H, W, 3) uint8 for one RGB frame's detected faces, cut as this model expects."""
