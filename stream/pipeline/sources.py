@@ -30,6 +30,7 @@ LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 OPEN_TIMEOUT_MS = 5000
 PROBE_TIMEOUT_S = 1.0
+STOP_WAIT_S = 1.0  # how long stop() waits for the reader thread
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}
 
 
@@ -58,9 +59,10 @@ def without_url(url: str, message: str) -> str:
     return message.removeprefix(f"{url}: ")
 
 
-def diagnose(url: str) -> str:
+def diagnose(url: str, waited_s: float = 0.0) -> str:
     """Why a live source did not open, as far as a cheap look can tell: OpenCV only says that it
-    failed, and "cannot open" alone does not tell a typo from a camera that is off or in use."""
+    failed, and "cannot open" alone does not tell a typo from a camera that is off or in use.
+    waited_s: how long the failed open took (a server that accepts and never answers uses it all)."""
     if url.isdigit():
         if not sys.platform.startswith("linux"):
             return "no camera with this index, or it is in use"
@@ -89,6 +91,8 @@ def diagnose(url: str) -> str:
         return f"no answer from {host}:{port} within {PROBE_TIMEOUT_S:g} s"
     except OSError as e:
         return f"cannot connect to {host}:{port} ({e.strerror or e})"
+    if waited_s >= 0.9 * OPEN_TIMEOUT_MS / 1000:
+        return f"{host}:{port} accepts connections but did not answer within {waited_s:.0f} s"
     return (
         f"{host}:{port} accepts connections but the stream did not open (wrong path, credentials or format?)"
     )
@@ -105,12 +109,14 @@ class VideoSource:
         self.url = url
         self.live = is_live(url)
         self._fps = fps
+        self._native_fps: float | None = None
         self._cap: cv2.VideoCapture | None = None
 
     def open(self) -> None:
         problem = check(self.url)
         if problem:
             raise SourceError(problem)
+        t0 = time.monotonic()
         if self.url.isdigit():
             cap = cv2.VideoCapture(int(self.url))
         else:
@@ -123,15 +129,17 @@ class VideoSource:
             cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"{self.url}: {diagnose(self.url) if self.live else 'cannot decode video'}")
+            why = diagnose(self.url, time.monotonic() - t0) if self.live else "cannot decode video"
+            raise SourceError(f"{self.url}: {why}")
         self._cap = cap
+        # Read once here: a live source's reader thread may close the capture while the capture
+        # stage asks for the fps of the frame it is sending.
+        native = cap.get(cv2.CAP_PROP_FPS)
+        self._native_fps = native if 0 < native < 1000 else None
 
     @property
     def fps(self) -> float | None:
-        if self._fps:
-            return self._fps
-        fps = self._cap.get(cv2.CAP_PROP_FPS) if self._cap is not None else 0.0
-        return fps if 0 < fps < 1000 else None
+        return self._fps or self._native_fps
 
     def read(self) -> np.ndarray | None:
         """The next RGB frame; None at the end of a file or when a live stream stops delivering."""
@@ -240,11 +248,15 @@ class LiveFeed:
         self._thread.start()
 
     def stop(self) -> None:
+        """Prompt even when the reader is stuck in an open or a read (up to OPEN_TIMEOUT_MS against a
+        server that accepts and never answers): Ctrl-C must not wait for that. The reader thread owns
+        the source and closes it on its way out; a stuck one is a daemon and dies with the process."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        self._thread.join(timeout=OPEN_TIMEOUT_MS / 1000 + PROBE_TIMEOUT_S + 1)
-        self.source.close()
+        if self._thread.ident is None:  # never started
+            self.source.close()
+        self._thread.join(timeout=STOP_WAIT_S)
 
     def latest(self, timeout_s: float) -> tuple[np.ndarray, int] | None:
         """The newest frame not handed out yet and its read index, or None after timeout_s."""
@@ -262,6 +274,12 @@ class LiveFeed:
         return self._index
 
     def _run(self) -> None:
+        try:
+            self._read_loop()
+        finally:
+            self.source.close()
+
+    def _read_loop(self) -> None:
         up = False
         first = True
         # Only a source that has never opened has a deadline: once it has delivered, a drop is a
