@@ -175,9 +175,11 @@ def test_diagnose_says_why_a_live_source_did_not_open():
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        assert "accepts connections but the stream did not open" in sources.diagnose(
-            f"rtsp://127.0.0.1:{port}/x"
-        )
+        url = f"rtsp://127.0.0.1:{port}/x"
+        assert "accepts connections but the stream did not open" in sources.diagnose(url)
+        # An open that used its whole timeout: a server that accepts and never answers.
+        waited = sources.OPEN_TIMEOUT_MS / 1000
+        assert sources.diagnose(url, waited).endswith(f"did not answer within {waited:.0f} s")
 
 
 def test_live_feed_that_never_opens_gives_up_at_its_open_timeout():
