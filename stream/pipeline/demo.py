@@ -4,7 +4,7 @@ on the spot, then a summary a newcomer can read.
 Default: one person ("obama") is enrolled from ONE photo (obama.jpg), and the clip films three other
 photos (facestream_models.samples: pinned, cached, offline after set-up) with camera motion; the last
 shot cuts to a person who is not enrolled (biden), who must come out as a stranger.
-With --source (a webcam or a file): the largest face of its first frame is enrolled as "person-1"."""
+With --source (a webcam, file, URL or image folder): the largest face of its first frame is enrolled as "person-1"."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import logging
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -20,11 +21,17 @@ import numpy as np
 from stream.errors import FacestreamError
 from stream.pipeline.demo_clip import Segment
 
+if TYPE_CHECKING:
+    from stream.faces import FaceAnalyzer
+
 log = logging.getLogger(__name__)
 ENROLL_PHOTO, ENROLL_NAME = "obama.jpg", "obama"
 
 
-def _enroll(gallery_path: Path, name: str, photo: Path, analyzer=None, force: bool = False) -> None:
+def _enroll(
+    gallery_path: Path, name: str, photo: Path, analyzer: FaceAnalyzer | None = None, force: bool = False
+) -> None:
+    """One photo -> one person in a new gallery, in this process (no second process reloading models)."""
     from stream.faces import FaceAnalyzer
     from stream.gallery.enroll import EnrollOptions, enroll_person
     from stream.gallery.store import Gallery
