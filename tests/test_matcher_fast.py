@@ -1,6 +1,9 @@
-"""The bf16 coarse + exact re-rank kernel (stream/gallery/search.py) on a 200k-sample in-memory
-gallery: same nearest sample, same person, same decision at the threshold as an exhaustive float64
-search, including queries placed right at the threshold and near-ties between two people."""
+"""The coarse + exact re-rank kernels of stream/gallery/search.py (bf16, sq8) on a 200k-sample
+in-memory gallery: same nearest sample, same person, same decision at the threshold as an exhaustive
+float64 search, including queries placed right at the threshold, near-ties between two people and
+clusters of near-duplicates. Every kernel runs on every CPU (bf16 is emulated where the CPU lacks it,
+slower but exact), so each test runs for each kernel; only a missing library skips. The choice of
+kernel is tested for this CPU and for others, described by their features."""
 
 from __future__ import annotations
 
@@ -9,11 +12,16 @@ import threading
 import numpy as np
 import pytest
 
-from stream.gallery import matcher as matcher_mod
+from stream.cpu import CpuInfo, cpu_info
+from stream.gallery import search
 from stream.gallery.matcher import Matcher, SampleIndex
-from stream.gallery.search import _RHO, bf16_supported
+from stream.gallery.search import _RHO, FAST_MIN_ROWS, choose_kernel, faiss_available
 
 torch = pytest.importorskip("torch")
+KERNEL_PARAMS = [
+    pytest.param("bf16"),
+    pytest.param("sq8", marks=pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed")),
+]
 
 N_ROWS = 200_000
 DIM = 128
@@ -51,15 +59,20 @@ def exact64(m: np.ndarray, q: np.ndarray, metric: str = "euclidean") -> tuple[np
 
 
 @pytest.fixture(scope="module")
-def big():
+def gallery():
     rng = np.random.default_rng(42)
     m = unit(rng.standard_normal((N_ROWS, DIM), dtype=np.float32))
     people = np.repeat(np.arange(N_ROWS // PER_PERSON), PER_PERSON)
     # Make each person's samples look like several photos of one face (distance ~0.3-0.5).
     centres = unit(rng.standard_normal((N_ROWS // PER_PERSON, DIM), dtype=np.float32))
     m = unit(centres[people] + rng.standard_normal((N_ROWS, DIM), dtype=np.float32) * 0.03)
-    index = SampleIndex(m, people, fast=True)
-    return rng, m, people, index
+    return m, people
+
+
+@pytest.fixture(scope="module", params=KERNEL_PARAMS)
+def big(request, gallery):
+    m, people = gallery
+    return np.random.default_rng(43), m, people, SampleIndex(m, people, kernel=request.param)
 
 
 def check_same(index: SampleIndex, m: np.ndarray, people: np.ndarray, q: np.ndarray) -> None:
@@ -77,13 +90,50 @@ def check_same(index: SampleIndex, m: np.ndarray, people: np.ndarray, q: np.ndar
     np.testing.assert_allclose(dist[far], f32_dist[far], rtol=0, atol=1e-5)
 
 
-def test_fast_path_is_used_for_big_galleries(big):
-    _, m, people, index = big
-    assert index.fast is not None and len(index.fast) == N_ROWS
-    assert index.fast.nbytes == N_ROWS * 160 * 2  # 128 + 4 columns, padded by oneDNN to 160
-    assert index.fast.packed and len(index.fast.blocks) >= 2  # oneDNN layout, one block per worker
-    small = SampleIndex(m[:1000], people[:1000])
-    assert small.fast is None  # small galleries stay on the float32 pass
+def cpu(*features: str, arch: str = "x86_64") -> CpuInfo:
+    return CpuInfo(arch=arch, model="test", features=frozenset(features), logical_cpus=2)
+
+
+def test_kernel_choice_follows_the_cpu_features():
+    """The policy on CPUs described by their features, whatever CPU runs the test: bf16 only where
+    the hardware multiplies bf16 (emulated bf16 is slower than float32), the 8-bit scan elsewhere,
+    float32 for small galleries everywhere."""
+    avx2 = cpu("avx2", "fma")
+    avx512 = cpu("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni")
+    bf16 = cpu("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16")
+    big_n = FAST_MIN_ROWS
+    coarse = "sq8" if faiss_available() else "float32"
+    for c in (avx2, avx512, cpu("asimd", "asimddp", arch="aarch64"), cpu()):
+        assert choose_kernel(big_n, c) == coarse
+    assert choose_kernel(big_n, bf16) == ("bf16" if torch.backends.mkldnn.is_available() else coarse)
+    for c in (avx2, bf16):
+        assert choose_kernel(FAST_MIN_ROWS - 1, c) == "float32"
+
+
+def test_big_galleries_get_the_kernel_the_policy_names_for_this_cpu(gallery):
+    m, people = gallery
+    index = SampleIndex(m, people)
+    assert index.kernel == choose_kernel(len(m), cpu_info())
+    assert index.kernel != "bf16" or cpu_info().native_bf16  # never emulated bf16
+    assert (index.fast is None) == (index.kernel == "float32")
+    assert SampleIndex(m[:1000], people[:1000]).kernel == "float32"
+    with pytest.raises(Exception, match="unknown search kernel"):
+        SampleIndex(m[:10], people[:10], kernel="fp8")
+
+
+def test_coarse_copy_layout_and_memory(big):
+    _, _, _, index = big
+    fast = index.fast
+    assert len(fast) == N_ROWS
+    if index.kernel == "sq8":
+        assert fast.nbytes == N_ROWS * DIM  # one byte per component
+        assert len(fast.blocks) >= 2
+    else:
+        # 128 + 4 columns, padded to 136; oneDNN's packed layout pads to 160.
+        assert fast.nbytes == N_ROWS * (160 if fast.packed else 136) * 2
+        assert len(fast.blocks) >= 2  # one block per worker at least
+        if search.bf16_supported():
+            assert fast.packed  # the oneDNN layout, where it runs at native speed
 
 
 def test_random_queries_match_float64(big):
@@ -139,27 +189,31 @@ def test_near_ties_between_two_people(big):
     assert np.isin(idx, np.concatenate([a, b])).mean() > 0.9  # they really were the contenders
 
 
-def test_exact_duplicates_pick_the_lowest_index():
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
+def test_exact_duplicates_pick_the_lowest_index(kernel):
     rng = np.random.default_rng(5)
-    m = unit(rng.standard_normal((20_000, DIM), dtype=np.float32))
-    m[17_000] = m[300]  # the same face enrolled under two names
-    m[9_000:9_600] = m[4_000] + rng.standard_normal((600, DIM), dtype=np.float32) * 1e-4  # a cluster
+    m = unit(rng.standard_normal((40_000, DIM), dtype=np.float32))
+    m[37_000] = m[300]  # the same face enrolled under two names
+    m[32_468:33_068] = m[4_000] + rng.standard_normal((600, DIM), dtype=np.float32) * 1e-4  # a cluster
+    m[12_000:12_040] = m[12_040]  # 41 identical rows: an exact tie
     people = np.arange(len(m))
-    index = SampleIndex(m, people, fast=True)
-    q = np.stack([m[300], m[17_000], m[4_000] + 1e-3, m[9_300]])
+    index = SampleIndex(m, people, kernel=kernel)
+    q = np.stack([m[300], m[37_000], m[4_000] + 1e-3, m[32_768], m[12_040], m[12_040] + 1e-6])
     idx, _ = index.nearest(q)
     np.testing.assert_array_equal(idx, exact64(m, q)[0])
-    assert idx[0] == idx[1] == 300
-    # 600 near-identical samples: the adaptive candidate set grows to hold them all.
+    assert idx[0] == idx[1] == 300 and idx[4] == 12_000
+    # 600 near-identical samples (across a block boundary of the 8-bit kernel, more than it keeps
+    # per block): the adaptive candidate set grows to hold them all.
     assert index.fast.candidates_count(q[2:3])[0] >= 600
 
 
-def test_cosine_metric_matches_float64():
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
+def test_cosine_metric_matches_float64(kernel):
     rng = np.random.default_rng(6)
     m = rng.standard_normal((30_000, DIM), dtype=np.float32) * rng.uniform(0.5, 2, (30_000, 1)).astype(
         np.float32
     )
-    index = SampleIndex(m, np.arange(len(m)), metric="cosine", fast=True)
+    index = SampleIndex(m, np.arange(len(m)), metric="cosine", kernel=kernel)
     src = rng.integers(0, len(m), 40)
     q = m[src] + rng.standard_normal((40, DIM), dtype=np.float32) * 0.05
     idx, dist = index.nearest(q)
@@ -170,11 +224,15 @@ def test_cosine_metric_matches_float64():
 
 
 def test_coarse_scores_obey_the_error_bound(big):
-    """The exactness proof assumes fp32 accumulation of exact bf16 products and one rounding of
-    the result to bf16: check the scores torch produces on this CPU against that bound, and that
-    the bound is tight enough to leave only a few candidates."""
+    """The exactness proofs assume (bf16) fp32 accumulation of exact bf16 products and one rounding
+    of the result to bf16, (sq8) a float32 sum of squared differences of the scaled query and the
+    codes: check the scores torch / faiss produce on this CPU against those bounds, and that the
+    bounds are tight enough to leave only a few candidates."""
     rng, m, _, index = big
     s = index.fast
+    if index.kernel == "sq8":
+        check_sq8_scores(s, m, rng)
+        return
     q = unit(m[rng.integers(0, N_ROWS, 10)] + rng.standard_normal((10, DIM), dtype=np.float32) * 0.04)
     rows, d = s._query_rows(q)
     b = 1
@@ -187,6 +245,27 @@ def test_coarse_scores_obey_the_error_bound(big):
     assert np.all(out > 0)
     assert np.all(err <= bound)
     assert err.max() > 0.01 * bound.max()  # the bound is not absurdly loose either
+    counts = s.candidates_count(q)
+    assert np.median(counts) <= 4 and counts.max() <= 64
+
+
+def check_sq8_scores(s: search.Sq8Search, m: np.ndarray, rng: np.random.Generator) -> None:
+    q = unit(m[rng.integers(0, N_ROWS, 10)] + rng.standard_normal((10, DIM), dtype=np.float32) * 0.04)
+    qs, f = s._query(q)
+    assert np.array_equal(qs, np.rint(qs)) and np.abs(qs).max() <= 127
+    b = 1
+    lo = s.starts[b]
+    block = s.blocks[b]
+    out = block.search(qs, block.ntotal)  # every row, sorted
+    scores = np.empty((len(q), block.ntotal))
+    np.put_along_axis(scores, out[1], out[0].astype(np.float64), axis=1)
+    codes = np.clip(np.rint(m[lo : lo + block.ntotal] * s.scale), -127, 127).astype(np.float64)
+    exact = ((qs.astype(np.float64)[:, None] - codes[None]) ** 2).sum(-1)  # s^2 |q~ - b~|^2
+    np.testing.assert_array_equal(scores, exact)  # integer arithmetic: no rounding at all
+    true = np.sqrt(
+        ((m[lo : lo + block.ntotal].astype(np.float64)[None] - q.astype(np.float64)[:, None]) ** 2).sum(-1)
+    )
+    assert np.all(np.abs(np.sqrt(exact) / float(s.scale) - true) <= f[:, None])  # triangle inequality
     counts = s.candidates_count(q)
     assert np.median(counts) <= 4 and counts.max() <= 64
 
@@ -212,7 +291,6 @@ def test_search_threads_leave_the_callers_torch_setting_alone(big):
     assert seen == [before]
 
 
-@pytest.mark.skipif(not bf16_supported(), reason="CPU without native bf16: Matcher keeps float32")
 def test_matcher_uses_the_kernel_and_decides_alike(tmp_path, monkeypatch):
     from stream.gallery.store import Gallery, NewSample
 
@@ -228,8 +306,11 @@ def test_matcher_uses_the_kernel_and_decides_alike(tmp_path, monkeypatch):
     q = np.concatenate([vecs + rng.normal(size=vecs.shape).astype(np.float32) * 0.02, vecs[:2] * 3])
     plain = Matcher(path, MODEL)
     assert plain.index.fast is None
-    monkeypatch.setattr(matcher_mod, "FAST_MIN_ROWS", 1)
+    monkeypatch.setattr(search, "FAST_MIN_ROWS", 1)
     fast = Matcher(path, MODEL)
+    assert fast.index.kernel == choose_kernel(1)
+    if fast.index.kernel == "float32":
+        pytest.skip("neither native bf16 nor faiss here: the Matcher keeps the float32 pass")
     assert fast.index.fast is not None
     a, b = plain.match(q), fast.match(q)
     assert [x.name for x in a] == [x.name for x in b]

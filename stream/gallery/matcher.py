@@ -5,11 +5,12 @@ One pass over the matrix serves every face of a batch: squared Euclidean distanc
 product stays in cache. The pass is memory-bound, so its cost is the matrix size: 1M samples of
 128-d float32 is 512 MB read per batch (see benchmarks/bench_search.py).
 
-Big galleries (FAST_MIN_ROWS samples and up, on a CPU with native bf16) answer nearest() with
-search.Bf16Search instead: a bfloat16 coarse pass over half the bytes on 2 threads, then an exact
-float64 re-rank of every candidate the coarse error bound cannot rule out. Same sample, same
-decision as an exhaustive search (the proof is in search.py); distances agree within ~1e-7. The
-k-NN vote (match k>1) and top_k keep the exact float32 pass.
+Big galleries (search.FAST_MIN_ROWS samples and up) answer nearest() with a coarse pass over a compact copy
+of the matrix, then an exact float64 re-rank of every candidate the coarse error bound cannot rule
+out: search.Bf16Search on CPUs that multiply bf16 in hardware, search.Sq8Search (8-bit codes,
+faiss) elsewhere; search.choose_kernel is the policy. Same sample, same decision as an exhaustive
+search (the proofs are in search.py); distances agree within ~1e-7. The k-NN vote (match k>1) and
+top_k keep the exact float32 pass.
 """
 
 from __future__ import annotations
@@ -20,14 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from stream.errors import FacestreamError
-from stream.gallery.search import Bf16Search, bf16_supported
+from stream.gallery.search import KERNELS, Bf16Search, Sq8Search, choose_kernel
 from stream.gallery.store import Gallery
 
 # Gallery rows per matmul block: 10 faces x 16k rows x 4 B = 640 KB of products, L2-sized.
 BLOCK_ROWS = 16384
-# From this many samples up nearest() uses the bf16 kernel (below it the float32 pass is already
-# fast, and the bf16 copy is not worth its memory): see benchmarks/bench_search.py.
-FAST_MIN_ROWS = 65536
 
 
 @dataclass
@@ -45,10 +43,10 @@ class SampleIndex:
         vectors: np.ndarray,
         person_ids: np.ndarray,
         metric: str = "euclidean",
-        fast: bool | None = None,
+        kernel: str | None = None,
     ):
-        """fast: use the bf16 kernel for nearest() (None: when the gallery is big enough and the CPU
-        has native bf16; True forces it, False keeps the float32 pass)."""
+        """kernel: what answers nearest(), one of search.KERNELS; None lets search.choose_kernel
+        pick for this gallery size and CPU (forcing one is for benchmarks and tests)."""
         if metric not in ("euclidean", "cosine"):
             raise FacestreamError(f"unsupported metric {metric!r}")
         self.metric = metric
@@ -65,9 +63,12 @@ class SampleIndex:
         else:
             self.group_starts = np.zeros(0, np.intp)
         self.group_person = self.person_ids[self.group_starts]
-        if fast is None:
-            fast = len(vectors) >= FAST_MIN_ROWS and vectors.shape[1] > 0 and bf16_supported()
-        self.fast: Bf16Search | None = Bf16Search(vectors, metric) if fast and len(vectors) else None
+        kernel = kernel or choose_kernel(len(vectors))
+        if kernel not in KERNELS:
+            raise FacestreamError(f"unknown search kernel {kernel!r} (one of {', '.join(KERNELS)})")
+        self.kernel = kernel if len(vectors) and vectors.shape[1] else "float32"
+        coarse = {"bf16": Bf16Search, "sq8": Sq8Search}.get(self.kernel)
+        self.fast: Bf16Search | Sq8Search | None = coarse(vectors, metric) if coarse else None
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -99,7 +100,7 @@ class SampleIndex:
 
     @property
     def nbytes(self) -> int:
-        """Memory of the search representations: float32 matrix + norms (+ the bf16 copy)."""
+        """Memory of the search representations: float32 matrix + norms (+ the coarse copy)."""
         return self.vectors.nbytes + self.sq_norms.nbytes + (self.fast.nbytes if self.fast else 0)
 
     def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +109,7 @@ class SampleIndex:
         if self.fast is None or len(q) == 0:
             return self._nearest_f32(q)
         idx, dist, fallback = self.fast.nearest(q)
-        if fallback.any():  # non-finite queries: whatever the float32 pass makes of them
+        if fallback.any():  # non-finite queries or scores: whatever the float32 pass makes of them
             idx[fallback], dist[fallback] = self._nearest_f32(q[fallback])
         return idx, dist
 

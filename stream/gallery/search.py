@@ -53,12 +53,15 @@ from functools import lru_cache
 
 import numpy as np
 
+from stream.cpu import CpuInfo, cpu_info
+
 # Worker threads for the coarse pass (the deployment target has 2 cores shared by the stages).
 SEARCH_THREADS = max(1, min(2, os.cpu_count() or 1))
 # Augmented width: 128-d embeddings + |b|^2 (hi, lo) + query constant (hi, lo), padded to 8.
 _EXTRA = 4
 _RHO = 2.0**-8 / (1.0 - 2.0**-8)  # bf16 output rounding, relative to the rounded value
 _U32 = 2.0**-24  # float32 unit roundoff
+_RERANK_CHUNK = 65536  # candidate rows per float64 copy in the re-rank (32 MB)
 # Rows per block, one matmul each (at least one block per worker; bigger blocks: fewer calls, and
 # 131072 rows x 10 faces of bf16 scores = 2.6 MB stay in L3 for the selection that follows).
 MIN_BLOCK_ROWS = 16384
@@ -69,20 +72,41 @@ _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
 
-@lru_cache(maxsize=1)
 def bf16_supported() -> bool:
-    """torch importable and the CPU computes bf16 dot products natively (AVX512-BF16 or AMX);
-    elsewhere torch emulates bf16 and the float32 path is as fast."""
+    """torch's oneDNN bf16 ops can run here at native speed: the CPU computes bf16 dot products in
+    hardware (AVX512-BF16, AMX or ARM BF16); elsewhere torch emulates bf16 and is slower than
+    float32."""
+    return cpu_info().native_bf16 and _torch_has_mkldnn()
+
+
+@lru_cache(maxsize=1)
+def _torch_has_mkldnn() -> bool:
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    return bool(torch.backends.mkldnn.is_available())
+
+
+# From this many samples up nearest() uses a coarse kernel + exact re-rank (below it the float32
+# pass is already fast, and a second copy of the gallery is not worth its memory).
+FAST_MIN_ROWS = 65536
+KERNELS = ("float32", "sq8", "bf16")
+
+
+def choose_kernel(n_rows: int, cpu: CpuInfo | None = None) -> str:
+    """The nearest() kernel for a gallery of n_rows samples on `cpu` (default: this machine), ranked
+    by benchmarks/bench_search.py (RESULTS.md, measured side by side): bf16 where the CPU multiplies
+    bf16 in hardware, else the 8-bit scan (4x fewer bytes than float32, SIMD on any x86-64 or ARM
+    faiss supports), else (faiss missing) the float32 pass. All three give the same answers."""
+    cpu = cpu or cpu_info()
+    if n_rows < FAST_MIN_ROWS:
+        return "float32"
+    if cpu.native_bf16 and _torch_has_mkldnn():
+        return "bf16"
+    if faiss_available():
+        return "sq8"
+    return "float32"
 
 
 def _worker_init() -> None:
@@ -334,27 +358,9 @@ class Bf16Search:
         for _, _, cands in parts:
             for i, j, k in cands:
                 per_query[i].append(j[k <= lim[i]])
-        # Exact re-rank: float64 distances from the float32 rows (candidates in index order, so
-        # argmin keeps the lowest index among exact ties, like an exhaustive argmin).
-        for pos, i in enumerate(ok):
-            if bad[pos]:
-                fallback[i] = True
-                continue
-            cand = np.sort(np.concatenate(per_query[pos])) if per_query[pos] else np.zeros(0, np.int64)
-            if len(cand) == 0:  # every score overflowed (absurd vector norms): no coarse answer
-                fallback[i] = True
-                continue
-            rows64 = self.vectors[cand].astype(np.float64)
-            q64 = q[i].astype(np.float64)
-            if self.metric == "euclidean":
-                diff = rows64 - q64
-                score = np.einsum("ij,ij->i", diff, diff)
-            else:
-                score = 1.0 - rows64 @ q64
-            j = int(np.argmin(score))
-            idx[i] = cand[j]
-            dist[i] = np.sqrt(score[j]) if self.metric == "euclidean" else max(score[j], 0.0)
-        return idx, dist, fallback
+        for pos in np.flatnonzero(bad):
+            per_query[pos] = []  # no answer here: the caller searches it exactly
+        return rerank(self.vectors, self.metric, q, ok, per_query, idx, dist, fallback)
 
     def candidates_count(self, q: np.ndarray) -> np.ndarray:
         """How many samples each query re-ranks (diagnostics for tests and the benchmark)."""
@@ -370,3 +376,185 @@ class Bf16Search:
         for i, _, k in cands:
             counts[i] += int(np.sum(k <= lim[i]))
         return counts
+
+
+def rerank(
+    vectors: np.ndarray,
+    metric: str,
+    q: np.ndarray,
+    ok: np.ndarray,
+    per_query: list[list[np.ndarray]],
+    idx: np.ndarray,
+    dist: np.ndarray,
+    fallback: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact re-rank of each query q[ok[pos]] over its candidates per_query[pos] (row numbers):
+    float64 distances from the float32 rows, candidates in index order so that argmin keeps the
+    lowest index among exact ties, like an exhaustive argmin. A query left without candidates is
+    flagged fallback (no answer here). Fills and returns (idx, dist, fallback)."""
+    for pos, i in enumerate(ok):
+        cand = np.unique(np.concatenate(per_query[pos])) if per_query[pos] else np.zeros(0, np.int64)
+        if len(cand) == 0:
+            fallback[i] = True
+            continue
+        q64 = q[i].astype(np.float64)
+        best, arg = np.inf, -1
+        for lo in range(0, len(cand), _RERANK_CHUNK):  # bounded float64 copies, however many
+            rows64 = vectors[cand[lo : lo + _RERANK_CHUNK]].astype(np.float64)
+            if metric == "euclidean":
+                diff = rows64 - q64
+                score = np.einsum("ij,ij->i", diff, diff)
+            else:
+                score = 1.0 - rows64 @ q64
+            j = int(np.argmin(score))
+            if score[j] < best:  # strict: an exact tie keeps the earlier (lower) index
+                best, arg = float(score[j]), lo + j
+        if arg < 0:  # NaN scores (non-finite rows): no answer here
+            fallback[i] = True
+            continue
+        idx[i] = cand[arg]
+        dist[i] = np.sqrt(best) if metric == "euclidean" else max(best, 0.0)
+    return idx, dist, fallback
+
+
+@lru_cache(maxsize=1)
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Sq8Search:
+    """8-bit coarse pass (faiss's SIMD scalar-quantizer scan) + exact float64 re-rank over
+    `vectors` (float32, prepared rows: unit rows for cosine). `nearest` returns the same sample as
+    an exhaustive float64 search.
+
+    Codes: c_j = round(s b_j) in int8 with one scale s = 127 / max|b| for the whole gallery, stored
+    by faiss as QT_8bit_direct_signed (decoding is a plain int-to-float conversion, the cheapest of
+    faiss's 8-bit decoders). faiss encodes the query with the same codec (an out-of-range value
+    would wrap around), so we hand it integers: c_q = clip(round(s q), -127, 127). Every score is
+    then an exact integer, r_j^2 = sum((c_q - c_j)^2) <= dim 254^2 < 2^24 for dim <= 260: integer
+    sums and float32 sums of these squares alike make no rounding error.
+
+    Error bound (distances; / s turns scores into them). b~_j = c_j / s and q~ = c_q / s; E = max_j
+    |b~_j - b_j| (measured at build), e_q = |q~ - q| (per query), F = E + e_q. The triangle
+    inequality gives | |q~ - b~_j| - |q - b_j| | <= F, and r_j = s |q~ - b~_j| exactly. With m the
+    coarse best (r / s), the true best distance is at most U = m + F; for cosine the best
+    1 - q.b_j lies at most U' = sqrt(U^2 + 2 eta) away in euclidean distance, eta = max_j ||b_j|^2 - 1|
+    (rows are unit up to float32 rounding). So the answer is among {j : r_j / s <= U' + F}: every
+    sample within twice the coarse error of the coarse best. A query the codes clip (far off the
+    gallery's range) just has a large e_q and so many candidates: slower, still exact.
+
+    faiss returns the K nearest per block; a block whose K-th coarse score is still inside L may
+    hold more candidates, and is searched again with faiss's range search for that query alone.
+    """
+
+    K = 8  # coarse results kept per (query, block): more than a random gallery needs (1-2)
+    BLOCK_ROWS = 32768  # 4 MB of codes: the frame's queries reuse the block from cache
+
+    def __init__(self, vectors: np.ndarray, metric: str = "euclidean", threads: int | None = None):
+        import faiss
+
+        if metric not in ("euclidean", "cosine"):
+            raise ValueError(f"unsupported metric {metric!r}")
+        self.metric = metric
+        self.vectors = np.ascontiguousarray(vectors, np.float32)
+        self.threads = threads or SEARCH_THREADS
+        n, dim = self.vectors.shape
+        top = float(np.abs(self.vectors).max()) if n else 0.0
+        self.scale = np.float32(127.0 / top) if top > 0 else np.float32(1.0)
+        self.starts = list(range(0, n, self.BLOCK_ROWS))
+        self.blocks = []
+        e_max = eta = 0.0
+        for lo in self.starts:
+            b = self.vectors[lo : lo + self.BLOCK_ROWS]
+            codes = np.clip(np.rint(b * self.scale), -127, 127)
+            diff = codes.astype(np.float64) / float(self.scale) - b
+            e_max = max(e_max, float(np.sqrt(np.einsum("ij,ij->i", diff, diff).max())))
+            eta = max(eta, float(np.abs(np.einsum("ij,ij->i", b, b, dtype=np.float64) - 1.0).max()))
+            index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit_direct_signed)
+            index.add(codes.astype(np.float32))  # integers: encoded exactly as c + 128
+            self.blocks.append(index)
+        self.e_max = e_max * (1 + 1e-9) + 1e-12  # rounded up: float64 error of the measurement
+        self.eta = eta if metric == "cosine" else 0.0
+        if dim > 260:
+            raise ValueError("Sq8Search: integer scores would exceed float32's exact range")
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the 8-bit codes (the float32 matrix it re-ranks from is the caller's)."""
+        return sum(b.sa_code_size() * b.ntotal for b in self.blocks)
+
+    def _query(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query codes c_q as integer-valued float32, per-query F = E + e_q)."""
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite queries are flagged later
+            codes = np.clip(np.rint(q.astype(np.float64) * float(self.scale)), -127, 127)
+            e_q = np.linalg.norm(codes / float(self.scale) - q.astype(np.float64), axis=1)
+        return np.ascontiguousarray(codes, np.float32), self.e_max + e_q * (1 + 1e-9)
+
+    def _limit(self, best_sq: np.ndarray, f: np.ndarray) -> np.ndarray:
+        """Coarse scores (faiss units, r^2) up to which a sample may be the answer (rounded up by
+        a relative 1e-9 for the float64 arithmetic here)."""
+        s = float(self.scale)
+        u = np.sqrt(best_sq) / s + f
+        lim = (np.sqrt(u * u + 2.0 * self.eta) + f) * s
+        return lim * lim * (1 + 1e-9)
+
+    def _scan(self, qs: np.ndarray, which: Iterable[int], out_d: np.ndarray, out_i: np.ndarray) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(1)  # this worker thread's OpenMP setting: the pool is the parallelism
+        for b in which:
+            k = min(self.K, self.blocks[b].ntotal)
+            out_d[b, :, :k], out_i[b, :, :k] = self.blocks[b].search(qs, k)
+
+    def _candidates(self, qs: np.ndarray, f: np.ndarray, threads: int) -> list[list[np.ndarray]]:
+        n_q, n_b = len(qs), len(self.blocks)
+        out_d = np.full((n_b, n_q, self.K), np.inf, np.float32)
+        out_i = np.full((n_b, n_q, self.K), -1, np.int64)
+        queue = _BlockQueue(n_b)
+        futures = [_search_pool().submit(self._scan, qs, queue, out_d, out_i) for _ in range(threads)]
+        for fut in futures:
+            fut.result()
+        # faiss marks missing results with -1 / +huge; a non-finite score has no bound: no answer.
+        best = out_d[:, :, 0].astype(np.float64).min(axis=0)
+        lim = np.where(np.isfinite(best), self._limit(best, f), -1.0)
+        per_query: list[list[np.ndarray]] = [[] for _ in range(n_q)]
+        for b, i in zip(*np.nonzero(out_d[:, :, 0] <= lim[None, :]), strict=True):
+            kth = out_d[b, i, -1]
+            if out_i[b, i, -1] >= 0 and kth <= lim[i]:  # the block may hold more than K inside L
+                _, dd, ii = self.blocks[b].range_search(
+                    qs[i : i + 1], float(np.nextafter(np.float32(lim[i]), np.float32(np.inf)))
+                )
+                j = ii[dd <= lim[i]]
+            else:
+                j = out_i[b, i][(out_d[b, i] <= lim[i]) & (out_i[b, i] >= 0)]
+            per_query[i].append(j + self.starts[b])
+        return per_query
+
+    def nearest(self, q: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """q: (N, dim) float32, prepared like the rows. Returns (index (N,), distance (N,) float64,
+        fallback (N,) bool): rows flagged fallback (non-finite query or coarse score) have no
+        answer here and must be searched exactly. threads: coarse-pass workers (default self.threads)."""
+        q = np.ascontiguousarray(q, np.float32)
+        n_q = len(q)
+        idx = np.full(n_q, -1, np.int64)
+        dist = np.full(n_q, np.inf)
+        qs, f = self._query(q) if n_q else (q, np.zeros(0))
+        fallback = ~np.all(np.isfinite(qs), axis=1)
+        ok = np.flatnonzero(~fallback)
+        if len(self) == 0 or len(ok) == 0:
+            return idx, dist, fallback | (len(self) == 0)
+        threads = max(1, min(threads or self.threads, SEARCH_THREADS, len(self.blocks)))
+        per_query = self._candidates(qs[ok], f[ok], threads)
+        return rerank(self.vectors, self.metric, q, ok, per_query, idx, dist, fallback)
+
+    def candidates_count(self, q: np.ndarray) -> np.ndarray:
+        """How many samples each query re-ranks (diagnostics for tests and the benchmark)."""
+        qs, f = self._query(np.ascontiguousarray(q, np.float32))
+        return np.array([sum(len(j) for j in c) for c in self._candidates(qs, f, 1)], np.int64)
