@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,18 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_sources import closed_port
 
 FAST = "capture: {reconnect_initial_s: 0.2, reconnect_max_s: 0.5, open_timeout_s: 1.5}\n"
 RUN_LIMIT_S = 120  # model loading on a busy 2-core machine; the runs themselves take seconds
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def run(tmp: Path, config: str, *args: str) -> subprocess.Popen:
