@@ -102,6 +102,18 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def _quiet_opencv() -> None:
+    """OpenCV and FFmpeg print their own lines on every failed open ("[tcp @ 0x..] Connection
+    refused", "[ WARN:0] can't open camera by index"): noise on each retry, since SourceError already
+    says why and names the source. Process-wide, so only at OpenCV's error level; -v keeps them all.
+    FFmpeg reads its variable when OpenCV first uses it, so this runs before the first open."""
+    if log.isEnabledFor(logging.DEBUG):
+        return
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 class VideoSource:
     """cv2.VideoCapture over a file, a webcam index or a stream URL."""
 
@@ -116,6 +128,7 @@ class VideoSource:
         problem = check(self.url)
         if problem:
             raise SourceError(problem)
+        _quiet_opencv()
         t0 = time.monotonic()
         if self.url.isdigit():
             cap = cv2.VideoCapture(int(self.url))

@@ -91,10 +91,6 @@ class Supervisor:
             cmd.append("-v")
         cmd += ["stage", child.role, "--config", str(self.cfg_path), "--index", str(child.index)]
         env = {**os.environ, "FACESTREAM_SUPERVISED": "1", "OPENCV_LOG_LEVEL": "ERROR"}
-        if not logging.getLogger().isEnabledFor(logging.DEBUG):
-            # FFmpeg's own "[tcp @ 0x..] Connection refused" on every retry: the capture's warning
-            # already says why (sources.diagnose), in one line that names the camera. -8: quiet.
-            env.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         # Idle OpenMP threads sleep instead of spinning: stages share the cores (see stage_threads).
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which then drains in order.
