@@ -62,11 +62,10 @@ def check_gave_up(text: str, cam: str, url: str, why: str, timeout_s: float = 1.
     assert len(retries) >= 2, text[-3000:]
     assert all("gives up in" in ln for ln in retries)
     last = text.strip().splitlines()[-1]
-    assert re.fullmatch(
-        rf"facestream: error: source {cam} \({re.escape(url)}\) never opened in {timeout_s:g} s: {re.escape(why)}.*"
-        r"; set open_timeout_s: forever to wait for it",
-        last,
-    ), last
+    assert last.startswith("facestream: error: ") and last.endswith(
+        "; set open_timeout_s: forever to wait for it"
+    )
+    assert f"source {cam} ({url}) never opened in {timeout_s:g} s: {why}" in last, last
     failed = next(ln for ln in text.splitlines() if f"camera {cam} failed:" in ln)  # the sink's log line
     waited = stamp(failed) - stamp(retries[0])
     assert timeout_s - 0.3 <= waited <= timeout_s + 3, waited
@@ -100,14 +99,18 @@ def test_nonexistent_webcam_fails_after_its_open_timeout(models_home, tmp_path):
 
 
 def test_refused_rtsp_fails_after_its_open_timeout(models_home, tmp_path):
-    port = closed_port()
-    url = f"rtsp://127.0.0.1:{port}/live"
+    """Two refused cameras giving up together: both named in the one line, and the one stopped by
+    the other's failure is not restarted (it once was: killed while exiting, taken for a crash)."""
+    ports = closed_port(), closed_port()
+    urls = [f"rtsp://127.0.0.1:{p}/live" for p in ports]
     events = tmp_path / "events.jsonl"
-    proc = run(tmp_path, FAST, "--source", url, "--events", str(events))
+    proc = run(tmp_path, FAST, "--source", urls[0], "--source", urls[1], "--events", str(events))
     assert wait(proc) == 2
     text = (tmp_path / "stderr.txt").read_text()
-    check_gave_up(text, "cam0", url, f"connection refused by 127.0.0.1:{port}")
-    assert '"type":"camera_down"' in events.read_text()
+    check_gave_up(text, "cam0", urls[0], f"connection refused by 127.0.0.1:{ports[0]}")
+    check_gave_up(text, "cam1", urls[1], f"connection refused by 127.0.0.1:{ports[1]}")
+    assert "restarting" not in text and "restarts:" not in text
+    assert events.read_text().count('"type":"camera_down"') == 2
 
 
 def test_a_never_opened_source_fails_the_run_and_the_working_one_drains(models_home, tmp_path):

@@ -77,6 +77,7 @@ class Supervisor:
         cfg.dump(self.cfg_path)
         self.children: list[Child] = []
         self.signals = 0
+        self.stopping_captures = False
         self.errors: dict[str, str] = {}
         self.failed_sources: dict[str, str] = {}  # camera -> its one line; the run fails with them
         self.restart_counts: dict[str, int] = {}
@@ -157,8 +158,7 @@ class Supervisor:
                 handled_signals = self.signals
                 if handled_signals == 1:
                     log.info("stopping: draining what is in flight (again to stop at once)")
-                    self._terminate([c for c in captures if not c.finished])
-                    drain_deadline = time.monotonic() + cfg.supervisor.drain_timeout_s
+                    drain_deadline = self._drain(captures)
                 else:
                     log.warning("stopping now")
                     break
@@ -169,10 +169,15 @@ class Supervisor:
                 break
             if self.failed_sources and drain_deadline is None:
                 log.info("stopping: a source cannot be read; draining what is in flight")
-                self._terminate([c for c in captures if not c.finished])
-                drain_deadline = time.monotonic() + cfg.supervisor.drain_timeout_s
+                drain_deadline = self._drain(captures)
             time.sleep(0.05)
         return self._finish()
+
+    def _drain(self, captures: list[Child]) -> float:
+        """Stop the sources; what they sent flows on to the outputs. Returns the drain's deadline."""
+        self.stopping_captures = True  # a capture we stop is done, whatever its exit, not restarted
+        self._terminate([c for c in captures if not c.finished])
+        return time.monotonic() + self.cfg.supervisor.drain_timeout_s
 
     def _wait_ready(self, workers: list[Child]) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -200,7 +205,8 @@ class Supervisor:
             if c.role == "sink" and rc == EXIT_OK:
                 c.finished = True
                 return True
-            if c.role == "capture" and (rc in (EXIT_OK, EXIT_SOURCE_FAILED) or self.signals):
+            stopped = self.signals or self.stopping_captures  # on purpose, by us (or with us: systemd)
+            if c.role == "capture" and (rc in (EXIT_OK, EXIT_SOURCE_FAILED) or stopped):
                 c.finished = True  # done, failed for good, or stopped on purpose by us
                 if rc == EXIT_SOURCE_FAILED:
                     self._source_failed(c)
