@@ -1,4 +1,4 @@
-"""The coarse + exact re-rank kernels of stream/gallery/search.py (bf16, sq8) on a 200k-sample
+"""The coarse + exact re-rank kernels of stream/gallery/search.py (bf16, int8) on a 200k-sample
 in-memory gallery: same nearest sample, same person, same decision at the threshold as an exhaustive
 float64 search, including queries placed right at the threshold, near-ties between two people and
 clusters of near-duplicates. Every kernel runs on every CPU (bf16 is emulated where the CPU lacks it,
@@ -15,12 +15,12 @@ import pytest
 from stream.cpu import CpuInfo, cpu_info
 from stream.gallery import search
 from stream.gallery.matcher import Matcher, SampleIndex
-from stream.gallery.search import _RHO, FAST_MIN_ROWS, choose_kernel, faiss_available
+from stream.gallery.search import _RHO, FAST_MIN_ROWS, choose_kernel, onnxruntime_available
 
 torch = pytest.importorskip("torch")
 KERNEL_PARAMS = [
     pytest.param("bf16"),
-    pytest.param("sq8", marks=pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed")),
+    pytest.param("int8", marks=pytest.mark.skipif(not onnxruntime_available(), reason="no onnxruntime")),
 ]
 
 N_ROWS = 200_000
@@ -96,13 +96,13 @@ def cpu(*features: str, arch: str = "x86_64") -> CpuInfo:
 
 def test_kernel_choice_follows_the_cpu_features():
     """The policy on CPUs described by their features, whatever CPU runs the test: bf16 only where
-    the hardware multiplies bf16 (emulated bf16 is slower than float32), the 8-bit scan elsewhere,
+    the hardware multiplies bf16 (emulated bf16 is slower than float32), the int8 pass elsewhere,
     float32 for small galleries everywhere."""
     avx2 = cpu("avx2", "fma")
     avx512 = cpu("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni")
     bf16 = cpu("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16")
     big_n = FAST_MIN_ROWS
-    coarse = "sq8" if faiss_available() else "float32"
+    coarse = "int8" if onnxruntime_available() else "float32"
     for c in (avx2, avx512, cpu("asimd", "asimddp", arch="aarch64"), cpu()):
         assert choose_kernel(big_n, c) == coarse
     assert choose_kernel(big_n, bf16) == ("bf16" if torch.backends.mkldnn.is_available() else coarse)
@@ -125,9 +125,9 @@ def test_coarse_copy_layout_and_memory(big):
     _, _, _, index = big
     fast = index.fast
     assert len(fast) == N_ROWS
-    if index.kernel == "sq8":
-        assert fast.nbytes == N_ROWS * DIM  # one byte per component
-        assert len(fast.blocks) >= 2
+    if index.kernel == "int8":
+        assert fast.nbytes == N_ROWS * (DIM + 4)  # one byte per component + an int32 norm
+        assert len(fast.sessions) >= 2  # one block per worker at least
     else:
         # 128 + 4 columns, padded to 136; oneDNN's packed layout pads to 160.
         assert fast.nbytes == N_ROWS * (160 if fast.packed else 136) * 2
@@ -202,8 +202,8 @@ def test_exact_duplicates_pick_the_lowest_index(kernel):
     idx, _ = index.nearest(q)
     np.testing.assert_array_equal(idx, exact64(m, q)[0])
     assert idx[0] == idx[1] == 300 and idx[4] == 12_000
-    # 600 near-identical samples (across a block boundary of the 8-bit kernel, more than it keeps
-    # per block): the adaptive candidate set grows to hold them all.
+    # 600 near-identical samples (across a block boundary of the int8 kernel): the adaptive
+    # candidate set grows to hold them all.
     assert index.fast.candidates_count(q[2:3])[0] >= 600
 
 
@@ -225,13 +225,13 @@ def test_cosine_metric_matches_float64(kernel):
 
 def test_coarse_scores_obey_the_error_bound(big):
     """The exactness proofs assume (bf16) fp32 accumulation of exact bf16 products and one rounding
-    of the result to bf16, (sq8) a float32 sum of squared differences of the scaled query and the
-    codes: check the scores torch / faiss produce on this CPU against those bounds, and that the
-    bounds are tight enough to leave only a few candidates."""
+    of the result to bf16, (int8) exact integer dot products of the codes (no saturation): check the
+    scores torch / ONNX Runtime produce on this CPU against those premises, and that the bounds are
+    tight enough to leave only a few candidates."""
     rng, m, _, index = big
     s = index.fast
-    if index.kernel == "sq8":
-        check_sq8_scores(s, m, rng)
+    if index.kernel == "int8":
+        check_int8_scores(s, m, rng)
         return
     q = unit(m[rng.integers(0, N_ROWS, 10)] + rng.standard_normal((10, DIM), dtype=np.float32) * 0.04)
     rows, d = s._query_rows(q)
@@ -249,24 +249,23 @@ def test_coarse_scores_obey_the_error_bound(big):
     assert np.median(counts) <= 4 and counts.max() <= 64
 
 
-def check_sq8_scores(s: search.Sq8Search, m: np.ndarray, rng: np.random.Generator) -> None:
+def check_int8_scores(s: search.Int8Search, m: np.ndarray, rng: np.random.Generator) -> None:
     q = unit(m[rng.integers(0, N_ROWS, 10)] + rng.standard_normal((10, DIM), dtype=np.float32) * 0.04)
-    qs, f = s._query(q)
-    assert np.array_equal(qs, np.rint(qs)) and np.abs(qs).max() <= 127
+    q = np.concatenate([q, np.full((1, DIM), 9.0, np.float32), -q[:1] * 50])  # codes at +-127
+    qa, cq2, f = s._query(q)
     b = 1
-    lo = s.starts[b]
-    block = s.blocks[b]
-    out = block.search(qs, block.ntotal)  # every row, sorted
-    scores = np.empty((len(q), block.ntotal))
-    np.put_along_axis(scores, out[1], out[0].astype(np.float64), axis=1)
-    codes = np.clip(np.rint(m[lo : lo + block.ntotal] * s.scale), -127, 127).astype(np.float64)
-    exact = ((qs.astype(np.float64)[:, None] - codes[None]) ** 2).sum(-1)  # s^2 |q~ - b~|^2
-    np.testing.assert_array_equal(scores, exact)  # integer arithmetic: no rounding at all
-    true = np.sqrt(
-        ((m[lo : lo + block.ntotal].astype(np.float64)[None] - q.astype(np.float64)[:, None]) ** 2).sum(-1)
-    )
-    assert np.all(np.abs(np.sqrt(exact) / float(s.scale) - true) <= f[:, None])  # triangle inequality
-    counts = s.candidates_count(q)
+    lo, hi = s.starts[b], s.starts[b] + len(s.sq[b])
+    codes = np.clip(np.rint(m[lo:hi].astype(np.float64) * s.scale), -127, 127).astype(np.int64)
+    cq = qa.astype(np.int64) - 128
+    assert np.abs(cq).max() == 127
+    y = s.sessions[b].run(None, {"A": qa})[0]
+    np.testing.assert_array_equal(y, cq @ codes.T)  # exact: no saturation, no rounding
+    np.testing.assert_array_equal(s.sq[b], (codes * codes).sum(1))
+    np.testing.assert_array_equal(cq2, (cq * cq).sum(1))
+    true = np.sqrt(((m[lo:hi].astype(np.float64)[None] - q[:10].astype(np.float64)[:, None]) ** 2).sum(-1))
+    coarse = np.sqrt(((cq[:10, None] - codes[None]) ** 2).sum(-1)) / s.scale
+    assert np.all(np.abs(coarse - true) <= f[:10, None])  # the triangle inequality's premise
+    counts = s.candidates_count(q[:10])
     assert np.median(counts) <= 4 and counts.max() <= 64
 
 
@@ -310,7 +309,7 @@ def test_matcher_uses_the_kernel_and_decides_alike(tmp_path, monkeypatch):
     fast = Matcher(path, MODEL)
     assert fast.index.kernel == choose_kernel(1)
     if fast.index.kernel == "float32":
-        pytest.skip("neither native bf16 nor faiss here: the Matcher keeps the float32 pass")
+        pytest.skip("no onnxruntime and no native bf16 here: the Matcher keeps the float32 pass")
     assert fast.index.fast is not None
     a, b = plain.match(q), fast.match(q)
     assert [x.name for x in a] == [x.name for x in b]

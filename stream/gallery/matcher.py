@@ -7,8 +7,8 @@ product stays in cache. The pass is memory-bound, so its cost is the matrix size
 
 Big galleries (search.FAST_MIN_ROWS samples and up) answer nearest() with a coarse pass over a compact copy
 of the matrix, then an exact float64 re-rank of every candidate the coarse error bound cannot rule
-out: search.Bf16Search on CPUs that multiply bf16 in hardware, search.Sq8Search (8-bit codes,
-faiss) elsewhere; search.choose_kernel is the policy. Same sample, same decision as an exhaustive
+out: search.Bf16Search on CPUs that multiply bf16 in hardware, search.Int8Search (int8 codes, ONNX
+Runtime's integer GEMM) elsewhere; search.choose_kernel is the policy. Same sample, same decision as an exhaustive
 search (the proofs are in search.py); distances agree within ~1e-7. The k-NN vote (match k>1) and
 top_k keep the exact float32 pass.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from stream.errors import FacestreamError
-from stream.gallery.search import KERNELS, Bf16Search, Sq8Search, choose_kernel
+from stream.gallery.search import KERNELS, Bf16Search, Int8Search, choose_kernel
 from stream.gallery.store import Gallery
 
 # Gallery rows per matmul block: 10 faces x 16k rows x 4 B = 640 KB of products, L2-sized.
@@ -67,8 +67,8 @@ class SampleIndex:
         if kernel not in KERNELS:
             raise FacestreamError(f"unknown search kernel {kernel!r} (one of {', '.join(KERNELS)})")
         self.kernel = kernel if len(vectors) and vectors.shape[1] else "float32"
-        coarse = {"bf16": Bf16Search, "sq8": Sq8Search}.get(self.kernel)
-        self.fast: Bf16Search | Sq8Search | None = coarse(vectors, metric) if coarse else None
+        coarse = {"bf16": Bf16Search, "int8": Int8Search}.get(self.kernel)
+        self.fast: Bf16Search | Int8Search | None = coarse(vectors, metric) if coarse else None
 
     def __len__(self) -> int:
         return len(self.vectors)

@@ -66,6 +66,7 @@ _RERANK_CHUNK = 65536  # candidate rows per float64 copy in the re-rank (32 MB)
 # 131072 rows x 10 faces of bf16 scores = 2.6 MB stay in L3 for the selection that follows).
 MIN_BLOCK_ROWS = 16384
 MAX_BLOCK_ROWS = 131072
+MAX_INT8_BLOCK_ROWS = 65536  # 8 MB of int8 codes, 2.6 MB of int32 scores for 10 faces
 _TINY = 1e-30  # flush-to-zero of bf16/fp32 denormals (|x| < 2^-126) in the dot product unit
 
 _pool_lock = threading.Lock()
@@ -91,21 +92,21 @@ def _torch_has_mkldnn() -> bool:
 # From this many samples up nearest() uses a coarse kernel + exact re-rank (below it the float32
 # pass is already fast, and a second copy of the gallery is not worth its memory).
 FAST_MIN_ROWS = 65536
-KERNELS = ("float32", "sq8", "bf16")
+KERNELS = ("float32", "int8", "bf16")
 
 
 def choose_kernel(n_rows: int, cpu: CpuInfo | None = None) -> str:
     """The nearest() kernel for a gallery of n_rows samples on `cpu` (default: this machine), ranked
     by benchmarks/bench_search.py (RESULTS.md, measured side by side): bf16 where the CPU multiplies
-    bf16 in hardware, else the 8-bit scan (4x fewer bytes than float32, SIMD on any x86-64 or ARM
-    faiss supports), else (faiss missing) the float32 pass. All three give the same answers."""
+    bf16 in hardware, else the int8 pass (4x fewer bytes than float32, integer SIMD on any CPU ONNX
+    Runtime supports), else (no ONNX Runtime) the float32 pass. All three give the same answers."""
     cpu = cpu or cpu_info()
     if n_rows < FAST_MIN_ROWS:
         return "float32"
     if cpu.native_bf16 and _torch_has_mkldnn():
         return "bf16"
-    if faiss_available():
-        return "sq8"
+    if onnxruntime_available():
+        return "int8"
     return "float32"
 
 
@@ -418,25 +419,50 @@ def rerank(
 
 
 @lru_cache(maxsize=1)
-def faiss_available() -> bool:
+def onnxruntime_available() -> bool:
     try:
-        import faiss  # noqa: F401
+        import onnxruntime  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-class Sq8Search:
-    """8-bit coarse pass (faiss's SIMD scalar-quantizer scan) + exact float64 re-rank over
-    `vectors` (float32, prepared rows: unit rows for cosine). `nearest` returns the same sample as
-    an exhaustive float64 search.
+def _int8_gemm_session(codes: np.ndarray):
+    """An ONNX Runtime session computing Y = (A - 128) @ (B - 128) with B = codes.T + 128 (u8,
+    a constant that ORT pre-packs) for u8 query rows A: an exact int32 dot product of int8 codes.
+    u8 x u8 on purpose: MLAS's u8 x s8 kernels on x86 without VNNI sum pairs of products in
+    saturating 16-bit lanes; its u8 x u8 kernels widen to 16 bits first and never saturate."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
 
-    Codes: c_j = round(s b_j) in int8 with one scale s = 127 / max|b| for the whole gallery, stored
-    by faiss as QT_8bit_direct_signed (decoding is a plain int-to-float conversion, the cheapest of
-    faiss's 8-bit decoders). faiss encodes the query with the same codec (an out-of-range value
-    would wrap around), so we hand it integers: c_q = clip(round(s q), -127, 127). Every score is
-    then an exact integer, r_j^2 = sum((c_q - c_j)^2) <= dim 254^2 < 2^24 for dim <= 260: integer
-    sums and float32 sums of these squares alike make no rounding error.
+    rows, dim = codes.shape
+    b = numpy_helper.from_array((codes.T.astype(np.int16) + 128).astype(np.uint8), "B")
+    zero = [numpy_helper.from_array(np.array(128, np.uint8), name) for name in ("za", "zb")]
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B", "za", "zb"], ["Y"])],
+        "int8_scores",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [None, dim])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [None, rows])],
+        [b, *zero],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # what every ONNX Runtime >= 1.10 reads
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # the search pool's worker threads are the parallelism
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+class Int8Search:
+    """int8 coarse pass (ONNX Runtime's integer GEMM) + exact float64 re-rank over `vectors`
+    (float32, prepared rows: unit rows for cosine). `nearest` returns the same sample as an
+    exhaustive float64 search.
+
+    Codes: c_j = round(s b_j) in [-127, 127] with one scale s = 127 / max|b| for the whole
+    gallery; the query gets the same scale, c_q = clip(round(s q), -127, 127). ONNX Runtime's
+    MatMulInteger computes c_q.c_j in int32 without rounding (|c_q.c_j| <= dim 127^2 < 2^31), so
+    the coarse score r_j^2 = |c_q|^2 + |c_j|^2 - 2 c_q.c_j = |c_q - c_j|^2 is an exact integer.
 
     Error bound (distances; / s turns scores into them). b~_j = c_j / s and q~ = c_q / s; E = max_j
     |b~_j - b_j| (measured at build), e_q = |q~ - q| (per query), F = E + e_q. The triangle
@@ -445,18 +471,14 @@ class Sq8Search:
     1 - q.b_j lies at most U' = sqrt(U^2 + 2 eta) away in euclidean distance, eta = max_j ||b_j|^2 - 1|
     (rows are unit up to float32 rounding). So the answer is among {j : r_j / s <= U' + F}: every
     sample within twice the coarse error of the coarse best. A query the codes clip (far off the
-    gallery's range) just has a large e_q and so many candidates: slower, still exact.
+    gallery's range) just has a large e_q and so more candidates: slower, still exact.
 
-    faiss returns the K nearest per block; a block whose K-th coarse score is still inside L may
-    hold more candidates, and is searched again with faiss's range search for that query alone.
+    Threads and blocks as in Bf16Search: SEARCH_THREADS workers take blocks from one queue, each
+    block one single-threaded ORT run (ORT releases the GIL) and a selection in numpy while its
+    scores are in cache.
     """
 
-    K = 8  # coarse results kept per (query, block): more than a random gallery needs (1-2)
-    BLOCK_ROWS = 32768  # 4 MB of codes: the frame's queries reuse the block from cache
-
     def __init__(self, vectors: np.ndarray, metric: str = "euclidean", threads: int | None = None):
-        import faiss
-
         if metric not in ("euclidean", "cosine"):
             raise ValueError(f"unsupported metric {metric!r}")
         self.metric = metric
@@ -464,97 +486,90 @@ class Sq8Search:
         self.threads = threads or SEARCH_THREADS
         n, dim = self.vectors.shape
         top = float(np.abs(self.vectors).max()) if n else 0.0
-        self.scale = np.float32(127.0 / top) if top > 0 else np.float32(1.0)
-        self.starts = list(range(0, n, self.BLOCK_ROWS))
-        self.blocks = []
+        self.scale = 127.0 / top if top > 0 else 1.0
+        self.block = int(np.clip(-(-n // self.threads), MIN_BLOCK_ROWS, MAX_INT8_BLOCK_ROWS))
+        self.starts = list(range(0, n, self.block))
+        self.sessions, self.sq = [], []
         e_max = eta = 0.0
         for lo in self.starts:
-            b = self.vectors[lo : lo + self.BLOCK_ROWS]
-            codes = np.clip(np.rint(b * self.scale), -127, 127)
-            diff = codes.astype(np.float64) / float(self.scale) - b
+            b = self.vectors[lo : lo + self.block]
+            codes = np.clip(np.rint(b.astype(np.float64) * self.scale), -127, 127)
+            diff = codes / self.scale - b
             e_max = max(e_max, float(np.sqrt(np.einsum("ij,ij->i", diff, diff).max())))
             eta = max(eta, float(np.abs(np.einsum("ij,ij->i", b, b, dtype=np.float64) - 1.0).max()))
-            index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit_direct_signed)
-            index.add(codes.astype(np.float32))  # integers: encoded exactly as c + 128
-            self.blocks.append(index)
+            self.sq.append(np.einsum("ij,ij->i", codes, codes).astype(np.int32))  # exact: integers
+            self.sessions.append(_int8_gemm_session(codes.astype(np.int8)))
         self.e_max = e_max * (1 + 1e-9) + 1e-12  # rounded up: float64 error of the measurement
         self.eta = eta if metric == "cosine" else 0.0
-        if dim > 260:
-            raise ValueError("Sq8Search: integer scores would exceed float32's exact range")
 
     def __len__(self) -> int:
         return len(self.vectors)
 
     @property
     def nbytes(self) -> int:
-        """Memory of the 8-bit codes (the float32 matrix it re-ranks from is the caller's)."""
-        return sum(b.sa_code_size() * b.ntotal for b in self.blocks)
+        """Memory of the int8 codes and their squared norms (ORT keeps the codes pre-packed)."""
+        return len(self) * (self.vectors.shape[1] + 4)
 
-    def _query(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(query codes c_q as integer-valued float32, per-query F = E + e_q)."""
+    def _query(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query codes + 128 as u8, |c_q|^2 (int64), per-query F = E + e_q)."""
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite queries are flagged later
-            codes = np.clip(np.rint(q.astype(np.float64) * float(self.scale)), -127, 127)
-            e_q = np.linalg.norm(codes / float(self.scale) - q.astype(np.float64), axis=1)
-        return np.ascontiguousarray(codes, np.float32), self.e_max + e_q * (1 + 1e-9)
+            codes = np.nan_to_num(np.clip(np.rint(q.astype(np.float64) * self.scale), -127, 127))
+            e_q = np.linalg.norm(codes / self.scale - q.astype(np.float64), axis=1)
+        qa = (codes + 128).astype(np.uint8)
+        return qa, np.einsum("ij,ij->i", codes, codes).astype(np.int64), self.e_max + e_q * (1 + 1e-9)
 
     def _limit(self, best_sq: np.ndarray, f: np.ndarray) -> np.ndarray:
-        """Coarse scores (faiss units, r^2) up to which a sample may be the answer (rounded up by
-        a relative 1e-9 for the float64 arithmetic here)."""
-        s = float(self.scale)
-        u = np.sqrt(best_sq) / s + f
-        lim = (np.sqrt(u * u + 2.0 * self.eta) + f) * s
+        """Coarse scores r^2 up to which a sample may be the answer (rounded up by a relative 1e-9
+        for the float64 arithmetic here)."""
+        u = np.sqrt(best_sq) / self.scale + f
+        lim = (np.sqrt(u * u + 2.0 * self.eta) + f) * self.scale
         return lim * lim * (1 + 1e-9)
 
-    def _scan(self, qs: np.ndarray, which: Iterable[int], out_d: np.ndarray, out_i: np.ndarray) -> None:
-        import faiss
-
-        faiss.omp_set_num_threads(1)  # this worker thread's OpenMP setting: the pool is the parallelism
+    def _scan(self, qa: np.ndarray, cq2: np.ndarray, f: np.ndarray, which: Iterable[int]):
+        """Like Bf16Search._scan: the running best r^2 per query and every row that was within
+        the limit of the running best when seen (a superset of those within the final limit)."""
+        best = np.full(len(qa), np.inf)
+        cands: list[tuple[int, np.ndarray, np.ndarray]] = []
         for b in which:
-            k = min(self.K, self.blocks[b].ntotal)
-            out_d[b, :, :k], out_i[b, :, :k] = self.blocks[b].search(qs, k)
+            y = self.sessions[b].run(None, {"A": qa})[0]  # (n_q, rows) int32
+            y *= -2
+            y += self.sq[b]  # |c_j|^2 - 2 c_q.c_j: r^2 - |c_q|^2, exact in int32
+            kmin = y.min(axis=1)
+            best = np.minimum(best, kmin + cq2)
+            lim = np.floor(self._limit(best, f)) - cq2  # integer scores: floor loses nothing
+            for i in np.flatnonzero(kmin <= lim):
+                j = np.flatnonzero(y[i] <= lim[i])
+                cands.append((int(i), j + self.starts[b], y[i, j].astype(np.int64) + cq2[i]))
+        return best, cands
 
-    def _candidates(self, qs: np.ndarray, f: np.ndarray, threads: int) -> list[list[np.ndarray]]:
-        n_q, n_b = len(qs), len(self.blocks)
-        out_d = np.full((n_b, n_q, self.K), np.inf, np.float32)
-        out_i = np.full((n_b, n_q, self.K), -1, np.int64)
-        queue = _BlockQueue(n_b)
-        futures = [_search_pool().submit(self._scan, qs, queue, out_d, out_i) for _ in range(threads)]
-        for fut in futures:
-            fut.result()
-        # faiss marks missing results with -1 / +huge; a non-finite score has no bound: no answer.
-        best = out_d[:, :, 0].astype(np.float64).min(axis=0)
-        lim = np.where(np.isfinite(best), self._limit(best, f), -1.0)
-        per_query: list[list[np.ndarray]] = [[] for _ in range(n_q)]
-        for b, i in zip(*np.nonzero(out_d[:, :, 0] <= lim[None, :]), strict=True):
-            kth = out_d[b, i, -1]
-            if out_i[b, i, -1] >= 0 and kth <= lim[i]:  # the block may hold more than K inside L
-                _, dd, ii = self.blocks[b].range_search(
-                    qs[i : i + 1], float(np.nextafter(np.float32(lim[i]), np.float32(np.inf)))
-                )
-                j = ii[dd <= lim[i]]
-            else:
-                j = out_i[b, i][(out_d[b, i] <= lim[i]) & (out_i[b, i] >= 0)]
-            per_query[i].append(j + self.starts[b])
+    def _candidates(self, q: np.ndarray, threads: int) -> list[list[np.ndarray]]:
+        qa, cq2, f = self._query(q)
+        queue = _BlockQueue(len(self.sessions))
+        futures = [_search_pool().submit(self._scan, qa, cq2, f, queue) for _ in range(threads)]
+        parts = [fut.result() for fut in futures]
+        lim = self._limit(np.min([p[0] for p in parts], axis=0), f)
+        per_query: list[list[np.ndarray]] = [[] for _ in range(len(q))]
+        for _, cands in parts:
+            for i, j, r2 in cands:
+                per_query[i].append(j[r2 <= lim[i]])
         return per_query
 
     def nearest(self, q: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """q: (N, dim) float32, prepared like the rows. Returns (index (N,), distance (N,) float64,
-        fallback (N,) bool): rows flagged fallback (non-finite query or coarse score) have no
-        answer here and must be searched exactly. threads: coarse-pass workers (default self.threads)."""
+        fallback (N,) bool): rows flagged fallback (non-finite query) have no answer here and must
+        be searched exactly. threads: coarse-pass workers (default self.threads)."""
         q = np.ascontiguousarray(q, np.float32)
-        n_q = len(q)
-        idx = np.full(n_q, -1, np.int64)
-        dist = np.full(n_q, np.inf)
-        qs, f = self._query(q) if n_q else (q, np.zeros(0))
-        fallback = ~np.all(np.isfinite(qs), axis=1)
+        idx = np.full(len(q), -1, np.int64)
+        dist = np.full(len(q), np.inf)
+        fallback = ~np.all(np.isfinite(q), axis=1)
         ok = np.flatnonzero(~fallback)
         if len(self) == 0 or len(ok) == 0:
             return idx, dist, fallback | (len(self) == 0)
-        threads = max(1, min(threads or self.threads, SEARCH_THREADS, len(self.blocks)))
-        per_query = self._candidates(qs[ok], f[ok], threads)
+        threads = max(1, min(threads or self.threads, SEARCH_THREADS, len(self.sessions)))
+        per_query = self._candidates(q[ok], threads)
         return rerank(self.vectors, self.metric, q, ok, per_query, idx, dist, fallback)
 
     def candidates_count(self, q: np.ndarray) -> np.ndarray:
         """How many samples each query re-ranks (diagnostics for tests and the benchmark)."""
-        qs, f = self._query(np.ascontiguousarray(q, np.float32))
-        return np.array([sum(len(j) for j in c) for c in self._candidates(qs, f, 1)], np.int64)
+        per_query = self._candidates(np.ascontiguousarray(q, np.float32), 1)
+        return np.array([sum(len(j) for j in c) for c in per_query], np.int64)
