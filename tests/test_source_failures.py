@@ -9,20 +9,23 @@ Open timeouts here are ~1.5 s so that each run costs seconds (mostly model loadi
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from datetime import datetime
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from test_sources import closed_port
+from test_sources import closed_port, write_video
 
 FAST = "capture: {reconnect_initial_s: 0.2, reconnect_max_s: 0.5, open_timeout_s: 1.5}\n"
 RUN_LIMIT_S = 120  # model loading on a busy 2-core machine; the runs themselves take seconds
@@ -174,3 +177,54 @@ def test_wait_forever_source_keeps_retrying_until_ctrl_c(models_home, tmp_path):
     text = err.read_text()
     assert "facestream: error" not in text and "Traceback" not in text
     assert "camera gate: 0 frames" in text
+
+
+def test_a_camera_that_opened_once_is_retried_forever_even_by_a_restarted_capture(models_home, tmp_path):
+    """Live semantics: a real stream (a video over HTTP) opens, then its server goes away. However
+    short the open timeout, the run keeps retrying -- and so does a capture process the supervisor
+    restarts after it was killed (the source opened once in this run: no new deadline)."""
+    from test_pipeline_e2e import children
+
+    write_video(tmp_path / "v.mp4", frames=25)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v.mp4"
+    proc = run(tmp_path, FAST, "--source", url)
+    err = tmp_path / "stderr.txt"
+    try:
+        until(lambda: f"camera cam0 up: {url}" in err.read_text(), proc, "the camera to open")
+        server.shutdown()
+        server.server_close()
+        refused = f"camera cam0 down: {url}: connection refused"
+        until(lambda: err.read_text().count(refused) >= 5, proc, "retries after the drop")  # > 1.5 s
+        (victim,) = children(proc.pid, "capture")
+        os.kill(victim, signal.SIGKILL)
+        until(
+            lambda: "stage capture-0 died (killed by signal 9): restarting" in err.read_text(),
+            proc,
+            "restart",
+        )
+        seen = err.read_text().count(refused)
+        until(
+            lambda: err.read_text().count(refused) >= seen + 6, proc, "the new capture's retries"
+        )  # > 1.5 s
+        assert proc.poll() is None and "gives up" not in err.read_text()
+        proc.send_signal(signal.SIGINT)
+        assert wait(proc, 30) == 0, err.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "never opened" not in err.read_text()
+
+
+def until(cond, proc: subprocess.Popen, what: str, timeout: float = RUN_LIMIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, f"the run ended while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)

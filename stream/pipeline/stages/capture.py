@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
+from pathlib import Path
 
 import zmq
 
@@ -60,8 +61,17 @@ class Capture:
         )
 
     # ----- state, events -----------------------------------------------------------------------
+    @property
+    def _opened_mark(self) -> Path | None:
+        """A file in the run directory: this source has opened once in this run. A capture process
+        that the supervisor restarts then keeps live semantics (retry forever), no new deadline."""
+        run_dir = self.cfg.transport.run_dir
+        return Path(run_dir) / f"opened-capture-{self.index}" if run_dir is not None else None
+
     def set_state(self, up: bool, reason: str) -> None:
         self.m.camera_up.labels(self.cam).set(1 if up else 0)
+        if up and self._opened_mark is not None:
+            self._opened_mark.touch()
         if up or reason in ("end of file", "stopped"):
             log.info("camera %s %s: %s", self.cam, "up" if up else "down", reason if not up else self.src.url)
         else:
@@ -190,7 +200,8 @@ class Capture:
     def run_live(self, source) -> int:
         c = self.cfg.capture
         reconnects = self.m.camera_reconnects_total.labels(self.cam)
-        timeout = self.cfg.open_timeout(self.index)
+        mark = self._opened_mark
+        timeout = None if mark is not None and mark.exists() else self.cfg.open_timeout(self.index)
         feed = LiveFeed(
             source,
             Backoff(c.reconnect_initial_s, c.reconnect_max_s),
