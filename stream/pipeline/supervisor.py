@@ -312,24 +312,29 @@ class Supervisor:
         path = self.run_dir / "summary.json"
         s = json.loads(path.read_text()) if path.exists() else {"cameras": self.cfg.cameras}
         s["restarts"] = dict(self.restart_counts)
-        counters = read_counters(self.run_dir / "metrics")
-        s["bad_messages"] = {
-            k[0]: int(v) for k, v in counters.get("facestream_bad_messages_total", {}).items()
-        }
-        dropped: dict[str, dict[str, int]] = {}
-        for (stage, cam, reason), v in counters.get("facestream_frames_dropped_total", {}).items():
-            if v:
-                dropped.setdefault(cam, {})[f"{stage}/{reason}"] = int(v)
-        s["dropped"] = dropped
+        s.update(counted(self.run_dir / "metrics"))
         return s
 
 
-def read_counters(metrics_dir: Path) -> dict[str, dict[tuple[str, ...], float]]:
-    """Counter totals merged over every process that ever ran (dead ones included)."""
+def counted(metrics_dir: Path) -> dict[str, dict]:
+    """The summary's counts from the metrics of every stage process: bad messages per stage, and
+    dropped frames per camera as {"stage/reason": n}."""
+    counters = read_counters(metrics_dir)
+    bad = {labels["stage"]: int(v) for labels, v in counters.get("facestream_bad_messages_total", [])}
+    dropped: dict[str, dict[str, int]] = {}
+    for labels, v in counters.get("facestream_frames_dropped_total", []):
+        if v:
+            dropped.setdefault(labels["camera"], {})[f"{labels['stage']}/{labels['reason']}"] = int(v)
+    return {"bad_messages": bad, "dropped": dropped}
+
+
+def read_counters(metrics_dir: Path) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Counter totals merged over every process that ever ran (dead ones included), with their labels
+    by name: the multiprocess files keep labels sorted by name, not in their declared order."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    out: dict[str, dict[tuple[str, ...], float]] = {}
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
     if not metrics_dir.exists():
         return out
     registry = CollectorRegistry()
@@ -337,7 +342,7 @@ def read_counters(metrics_dir: Path) -> dict[str, dict[tuple[str, ...], float]]:
     for family in registry.collect():
         for s in family.samples:
             if s.name.endswith("_total"):
-                out.setdefault(s.name, {})[tuple(s.labels.values())] = s.value
+                out.setdefault(s.name, []).append((dict(s.labels), s.value))
     return out
 
 
