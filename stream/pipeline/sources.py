@@ -326,7 +326,13 @@ class LiveFeed:
             if frame is None:
                 up = False
                 self.source.close()
-                self.on_state(False, f"{self.source.url}: stream stopped delivering frames")
+                # Backoff here too: a stream that opens and ends at once (a server that hangs up, a
+                # file over HTTP) was reopened in a tight loop, hundreds of times a second.
+                delay = self.backoff.next()
+                self.on_state(
+                    False, f"{self.source.url}: stream stopped delivering frames; reopening in {delay:.1f}s"
+                )
+                self._stop.wait(delay)
                 continue
             with self._cond:
                 if self._index > self._taken:
