@@ -269,3 +269,19 @@ def test_open_timeout_config(tmp_path):
     (tmp_path / "typo.yaml").write_text("sources: [{url: '0', open_timeout: 5}]\n")
     with pytest.raises(FacestreamError, match="open_timeout: Extra inputs are not permitted"):
         config.load(tmp_path / "typo.yaml")
+
+
+def test_a_stream_that_ends_at_once_is_reopened_with_backoff():
+    """A server that hangs up right after each open must not be reopened in a tight loop."""
+
+    class Flapping(FakeCamera):
+        def read(self):
+            self.i += 1
+            return np.zeros((4, 4, 3), np.uint8) if self.i % 2 else None  # one frame per open
+
+    cam = Flapping()
+    feed = sources.LiveFeed(cam, sources.Backoff(0.1, 0.1), lambda up, why: None)
+    feed.start()
+    time.sleep(0.55)
+    feed.stop()
+    assert 3 <= cam.opened <= 7, cam.opened  # ~one per 0.1 s (it was thousands)
