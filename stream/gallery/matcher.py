@@ -15,7 +15,9 @@ top_k keep the exact float32 pass.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,23 @@ from stream.gallery.store import Gallery
 
 # Gallery rows per matmul block: 10 faces x 16k rows x 4 B = 640 KB of products, L2-sized.
 BLOCK_ROWS = 16384
+
+
+@lru_cache(maxsize=1)
+def _blas_controller():
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """numpy's BLAS on one thread for the float32 pass: its worker threads spin-wait, so when the
+    pipeline's other stages hold the cores a 10-face matmul waits for descheduled workers (tail
+    latency up to a hundredfold, RESULTS.md); the coarse kernels bring their own parallelism."""
+    controller = _blas_controller()
+    return controller.limit(limits=1, user_api="blas") if controller else contextlib.nullcontext()
 
 
 @dataclass
@@ -118,6 +137,10 @@ class SampleIndex:
         return self._nearest_f32(self._prepare(queries))
 
     def _nearest_f32(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with _one_blas_thread():
+            return self._nearest_f32_blocks(q)
+
+    def _nearest_f32_blocks(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(q)
         best = np.full(n, np.inf, np.float32)
         arg = np.full(n, -1, np.int64)
@@ -138,10 +161,14 @@ class SampleIndex:
         q = self._prepare(queries)
         if len(self) == 0:
             return np.zeros((len(q), 0), np.float64)
-        part = np.concatenate(
-            [self._partial(q, lo, min(lo + BLOCK_ROWS, len(self))) for lo in range(0, len(self), BLOCK_ROWS)],
-            axis=1,
-        )
+        with _one_blas_thread():
+            part = np.concatenate(
+                [
+                    self._partial(q, lo, min(lo + BLOCK_ROWS, len(self)))
+                    for lo in range(0, len(self), BLOCK_ROWS)
+                ],
+                axis=1,
+            )
         return self._finish(q, part).astype(np.float64)
 
     def per_person(self, queries: np.ndarray) -> np.ndarray:

@@ -1,10 +1,19 @@
-"""Exact 1:N nearest neighbour for big galleries: a bfloat16 coarse pass, then an exact re-rank.
+"""Exact 1:N nearest neighbour for big galleries: a coarse pass over a compact copy of the matrix,
+then an exact float64 re-rank of every sample the coarse pass's error bound cannot rule out.
 
 The float32 pass of SampleIndex reads 512 MB per batch at 1M samples of 128-d, and with 10 faces it
-is also compute-bound (2.6 GFLOP of float32). This kernel keeps a second, bfloat16 copy of the
-matrix (half the bytes, twice the multiply rate with AVX512-BF16) in blocks pre-packed for oneDNN
-and scores every sample with one matmul per block. The coarse scores only pick candidates; the
-answer comes from an exact float64 re-rank of those candidates against the float32 matrix. It is exact by construction, not by luck:
+is bound by its 1.3 G multiply-adds more than by memory. Two coarse kernels cut both; which one a
+gallery gets is choose_kernel's decision from the CPU's features (stream.cpu), ranked by
+benchmarks/bench_search.py:
+  Bf16Search  bfloat16 matmul through oneDNN: CPUs with native bf16 (AVX512-BF16, AMX, ARM BF16).
+  Int8Search  int8 codes scored by ONNX Runtime's exact integer GEMM: every other CPU (bf16
+              emulated in software is slower than float32). Its bound is in its docstring.
+Both return the sample an exhaustive float64 search returns (lowest index among exact ties): the
+coarse scores only pick candidates, the answer comes from `rerank`.
+
+Bf16Search. It keeps a second, bfloat16 copy of the matrix (half the bytes, twice the multiply
+rate with AVX512-BF16) in blocks pre-packed for oneDNN and scores every sample with one matmul per
+block. It is exact by construction, not by luck:
 
 Coarse score. Each row of the bf16 matrix is augmented so that the matmul directly yields
     out_j = bf16( fp32sum( -a q~.b~_j + hb_j + lb_j + hq + lq ) )  ~=  t_j + c
@@ -216,22 +225,36 @@ def _value_to_key(v: np.ndarray) -> np.ndarray:
     return np.minimum(k, 0x7F7F).astype(np.int16)
 
 
-class Bf16Search:
+class _Coarse:
+    """What both coarse kernels share: the prepared float32 rows they re-rank from."""
+
+    def __init__(self, vectors: np.ndarray, metric: str, threads: int | None):
+        if metric not in ("euclidean", "cosine"):
+            raise ValueError(f"unsupported metric {metric!r}")
+        self.metric = metric
+        self.vectors = np.ascontiguousarray(vectors, np.float32)
+        self.threads = threads or SEARCH_THREADS
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def _blocks(self, max_rows: int) -> int:
+        """Rows per block: at least one block per worker, at most max_rows."""
+        return int(np.clip(-(-len(self) // self.threads), MIN_BLOCK_ROWS, max_rows))
+
+
+class Bf16Search(_Coarse):
     """bf16 coarse pass + exact float64 re-rank over `vectors` (float32, rows already prepared:
     unit rows for cosine). `nearest` returns the same sample as an exhaustive float64 search."""
 
     def __init__(self, vectors: np.ndarray, metric: str = "euclidean", threads: int | None = None):
         import torch
 
-        if metric not in ("euclidean", "cosine"):
-            raise ValueError(f"unsupported metric {metric!r}")
-        self.metric = metric
-        self.vectors = np.ascontiguousarray(vectors, np.float32)
-        self.threads = threads or SEARCH_THREADS
+        super().__init__(vectors, metric, threads)
         n, dim = self.vectors.shape
         self.width = -(-(dim + _EXTRA) // 8) * 8
         # Fixed blocks of rows, at least one per worker; each pre-packed for oneDNN when possible.
-        self.block = int(np.clip(-(-n // self.threads), MIN_BLOCK_ROWS, MAX_BLOCK_ROWS))
+        self.block = self._blocks(MAX_BLOCK_ROWS)
         self.starts = list(range(0, n, self.block))
         self.blocks: list[_Packed | _Plain] = []
         nb_max = eb_max = sq_max = en_max = 0.0
@@ -258,9 +281,6 @@ class Bf16Search:
         self.eb_max = eb_max * (1 + 1e-12)
         self.sq_max = sq_max
         self.en_max = en_max * (1 + 1e-12)
-
-    def __len__(self) -> int:
-        return len(self.vectors)
 
     @property
     def nbytes(self) -> int:
@@ -454,7 +474,7 @@ def _int8_gemm_session(codes: np.ndarray):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-class Int8Search:
+class Int8Search(_Coarse):
     """int8 coarse pass (ONNX Runtime's integer GEMM) + exact float64 re-rank over `vectors`
     (float32, prepared rows: unit rows for cosine). `nearest` returns the same sample as an
     exhaustive float64 search.
@@ -479,15 +499,11 @@ class Int8Search:
     """
 
     def __init__(self, vectors: np.ndarray, metric: str = "euclidean", threads: int | None = None):
-        if metric not in ("euclidean", "cosine"):
-            raise ValueError(f"unsupported metric {metric!r}")
-        self.metric = metric
-        self.vectors = np.ascontiguousarray(vectors, np.float32)
-        self.threads = threads or SEARCH_THREADS
+        super().__init__(vectors, metric, threads)
         n, dim = self.vectors.shape
         top = float(np.abs(self.vectors).max()) if n else 0.0
         self.scale = 127.0 / top if top > 0 else 1.0
-        self.block = int(np.clip(-(-n // self.threads), MIN_BLOCK_ROWS, MAX_INT8_BLOCK_ROWS))
+        self.block = self._blocks(MAX_INT8_BLOCK_ROWS)
         self.starts = list(range(0, n, self.block))
         self.sessions, self.sq = [], []
         e_max = eta = 0.0
@@ -501,9 +517,6 @@ class Int8Search:
             self.sessions.append(_int8_gemm_session(codes.astype(np.int8)))
         self.e_max = e_max * (1 + 1e-9) + 1e-12  # rounded up: float64 error of the measurement
         self.eta = eta if metric == "cosine" else 0.0
-
-    def __len__(self) -> int:
-        return len(self.vectors)
 
     @property
     def nbytes(self) -> int:
