@@ -1,21 +1,26 @@
 """1:N search speed: time per face and per frame of 10 faces against galleries of 1k..1M samples
-(random 128-d unit vectors), for the Matcher's two kernels, and how much memory each needs.
+(random 128-d unit vectors) for each kernel of stream.gallery.matcher.SampleIndex.nearest (what
+Matcher.match(k=1) calls), against the memory-bandwidth bound of one pass over what each reads.
 
     python benchmarks/bench_search.py [--sizes 1000,10000,100000,1000000] [--repeats 15]
 
-Kernels (both are stream.gallery.matcher.SampleIndex.nearest, what Matcher.match(k=1) calls):
-  float32   the exact float32 pass (numpy/BLAS, one thread): what galleries under
-            FAST_MIN_ROWS use
-  bf16      search.Bf16Search: bfloat16 coarse pass on SEARCH_THREADS worker threads + exact float64
-            re-rank of every candidate the coarse error bound cannot rule out (what galleries of
-            FAST_MIN_ROWS and more use on a CPU with native bf16)
-  bf16-1t   the same kernel on one thread (what a single core gives)
-Below FAST_MIN_ROWS the bf16 rows are for comparison only (the Matcher keeps float32 there).
+Kernels (search.choose_kernel picks one per gallery size and CPU; "(used)" marks its pick here):
+  float32   the exact float32 pass (numpy/BLAS): galleries under FAST_MIN_ROWS, and any CPU when
+            ONNX Runtime is missing
+  int8      search.Int8Search: int8 codes scored by ONNX Runtime's exact integer GEMM on
+            SEARCH_THREADS worker threads + exact float64 re-rank of every candidate the error bound
+            cannot rule out: what CPUs without native bf16 use (run here by forcing it)
+  bf16      search.Bf16Search: oneDNN bfloat16 coarse pass + the same kind of re-rank: CPUs with
+            native bf16 (marked "emulated" on others, where it is never chosen)
+Bandwidth: one streaming read of the float32 gallery on SEARCH_THREADS threads gives GB/s; a
+kernel's floor is the bytes it must read per pass at that rate (float32 512 B/sample, bf16 320 as
+oneDNN packs it, int8 128); "x floor" is its frame time over that floor. With 10 faces every pass
+here is bound by multiply-adds, not by memory, so none reaches its floor.
 Queries: gallery vectors plus noise, renormalised (distance ~0.4 to their source, like a second
-photo of an enrolled person), so the nearest neighbour is meaningful. The kernels run interleaved
-(one call of each in turn, --repeats rounds) so that load from other processes hits all alike;
-timings are medians, the minimum in brackets. "NN = float64" checks 200 queries against an
-exhaustive float64 search; "candidates" is how many samples the re-rank reads per query.
+photo of an enrolled person). Kernels run interleaved (one call of each in turn, --repeats rounds)
+so that load from other processes hits all alike; medians, the minimum in brackets. "NN = float64"
+checks 200 queries against an exhaustive float64 search; "candidates" is how many samples the
+re-rank reads per query; "extra B/sample" the coarse copy's memory on top of the float32 matrix.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +39,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stream import doctor  # noqa: E402
+from stream.cpu import cpu_info  # noqa: E402
 from stream.gallery import search  # noqa: E402
-from stream.gallery.matcher import FAST_MIN_ROWS, SampleIndex  # noqa: E402
+from stream.gallery.matcher import SampleIndex  # noqa: E402
 
 DIM = 128
 FRAME = 10
@@ -88,34 +95,59 @@ def precision_table(rng: np.random.Generator, n: int = 10000) -> None:
         d = np.sqrt(np.maximum((mq[src] ** 2).sum(1) + (q**2).sum(1) - 2 * (mq[src] * q).sum(1), 0))
         err = np.abs(d - exact)
         flips = int(np.sum((d <= 0.6) != (exact <= 0.6)))
-        nn = SampleIndex(mq, np.arange(n), fast=False).nearest(q)[0]
+        nn = SampleIndex(mq, np.arange(n), kernel="float32").nearest(q)[0]
         print(
             f"| {name} | {err.max():.2e} | {np.quantile(err, 0.99):.2e} | {flips} of {len(q)} "
             f"| {int(np.sum(nn != truth))} of {len(q)} |"
         )
 
 
-class OneThread:
-    """The bf16 kernel of a SampleIndex, run on one worker thread."""
+def read_bandwidth(m: np.ndarray, repeats: int) -> float:
+    """GB/s of one streaming read of `m` split over SEARCH_THREADS threads (numpy's max reduction
+    releases the GIL and runs at memory speed), median of `repeats`."""
+    flat = m.reshape(-1)
+    parts = np.array_split(flat, search.SEARCH_THREADS)
+    times = []
+    for _ in range(repeats + 1):
+        threads = [threading.Thread(target=np.max, args=(p,)) for p in parts]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        times.append(time.perf_counter() - t0)
+    return flat.nbytes / statistics.median(times[1:]) / 1e9
 
-    def __init__(self, index: SampleIndex):
-        self.index, self.fast, self.nbytes = index, index.fast, index.nbytes
 
-    def nearest(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        idx, dist, _ = self.fast.nearest(self.index._prepare(q), threads=1)
-        return idx, dist
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+def interleaved(
+    fns: dict[tuple[str, int], Callable[[], object]], repeats: int
+) -> dict[tuple[str, int], tuple[float, float]]:
     for fn in fns.values():  # warm-up: first-touch page faults, thread start
         fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    times: dict[tuple[str, int], list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
     return {k: (statistics.median(v) * 1e3, min(v) * 1e3) for k, v in times.items()}
+
+
+# Bytes one pass reads per sample (128-d): float32 rows; bf16 rows packed by oneDNN to 160 columns;
+# int8 codes.
+PASS_BYTES = {"float32": 4 * DIM, "bf16": 2 * 160, "int8": DIM}
+
+
+def build(m: np.ndarray) -> tuple[dict[str, SampleIndex], dict[str, float]]:
+    kernels: dict[str, SampleIndex] = {}
+    seconds: dict[str, float] = {}
+    for name in ("float32", "int8", "bf16"):
+        if name == "int8" and not search.onnxruntime_available():
+            continue
+        t0 = time.perf_counter()
+        kernels[name] = SampleIndex(m, np.arange(len(m)), kernel=name)
+        seconds[name] = time.perf_counter() - t0
+    return kernels, seconds
 
 
 def main() -> None:
@@ -128,54 +160,51 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     rng = np.random.default_rng(0)
     print(
-        f"CPU cores visible: {os.cpu_count()}, native bf16: {search.bf16_supported()}, search threads: "
-        f"{search.SEARCH_THREADS}, Matcher switches to bf16 at {FAST_MIN_ROWS:,} samples; "
-        f"load average at start: {os.getloadavg()[0]:.1f}\n"
+        f"native bf16: {cpu_info().native_bf16}, search threads: {search.SEARCH_THREADS}, "
+        f"coarse kernels from {search.FAST_MIN_ROWS:,} samples; load average at start: {os.getloadavg()[0]:.1f}"
     )
     print(
-        "| gallery | kernel | 1 face ms | frame of 10 faces ms | per face in a frame ms "
-        "| speed-up (frame) | memory MB | NN = float64 | candidates median / max |"
+        "\n| gallery | kernel | 1 face ms | frame of 10 faces ms | vs float32 (frame) | floor ms | x floor "
+        "| extra B/sample | NN = float64 | candidates median / max |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         m = unit(rng.standard_normal((n, DIM), dtype=np.float32))
         src = rng.integers(0, n, 200)
         queries = unit(m[src] + rng.standard_normal((200, DIM), dtype=np.float32) * 0.036)
         truth = exact_nn(m, queries)
-        t0 = time.perf_counter()
-        f32 = SampleIndex(m, np.arange(n), fast=False)
-        build32 = time.perf_counter() - t0
-        kernels: dict[str, SampleIndex | OneThread] = {"float32": f32}
-        if search.bf16_supported():
-            t0 = time.perf_counter()
-            kernels["bf16"] = SampleIndex(m, np.arange(n), fast=True)
-            build16 = time.perf_counter() - t0
-            kernels["bf16-1t"] = OneThread(kernels["bf16"])
+        kernels, seconds = build(m)
+        chosen = search.choose_kernel(n)
         fns = {}
         for name, idx in kernels.items():
             fns[(name, 1)] = lambda idx=idx, q=queries: idx.nearest(q[:1])
             fns[(name, FRAME)] = lambda idx=idx, q=queries: idx.nearest(q[10 : 10 + FRAME])
         res = interleaved(fns, args.repeats)
+        gbs = read_bandwidth(m, 5) if n >= 100_000 else None  # small matrices sit in cache
         for name, idx in kernels.items():
             one, ten = res[(name, 1)], res[(name, FRAME)]
             got = np.concatenate([idx.nearest(queries[i : i + FRAME])[0] for i in range(0, 200, FRAME)])
+            cands = "all"
             if idx.fast is not None:
                 counts = idx.fast.candidates_count(queries)
                 cands = f"{int(np.median(counts))} / {int(counts.max())}"
-            else:
-                cands = "all"
-            speedup = res[("float32", FRAME)][0] / ten[0]
+            floor = n * PASS_BYTES[name] / gbs / 1e6 if gbs else None
+            label = name + (" (used)" if name == chosen else "")
+            if name == "bf16" and not cpu_info().native_bf16:
+                label += " (emulated)"
+            extra = (idx.nbytes - kernels["float32"].nbytes) / n
             print(
-                f"| {n:,} | {name} | {one[0]:.2f} ({one[1]:.2f}) | {ten[0]:.2f} ({ten[1]:.2f}) "
-                f"| {ten[0] / FRAME:.2f} | {speedup:.2f}x | {idx.nbytes / 1e6:.0f} "
-                f"| {int(np.sum(got == truth))}/{len(truth)} | {cands} |",
+                f"| {n:,} | {label} | {one[0]:.2f} ({one[1]:.2f}) | {ten[0]:.2f} ({ten[1]:.2f}) "
+                f"| {res[('float32', FRAME)][0] / ten[0]:.2f}x "
+                f"| {f'{floor:.1f}' if floor else '-'} | {f'{ten[0] / floor:.1f}x' if floor else '-'} "
+                f"| {extra:.0f} | {int(np.sum(got == truth))}/{len(truth)} | {cands} |",
                 flush=True,
             )
-        build = f"build: float32 {build32:.2f} s" + (
-            f", bf16 copy {build16:.2f} s" if "bf16" in kernels else ""
+        bw = f"read bandwidth {gbs:.1f} GB/s; " if gbs else ""
+        print(
+            f"| {n:,} | ({bw}build s: {', '.join(f'{k} {v:.2f}' for k, v in seconds.items())}) | | | | | | | | |"
         )
-        print(f"| {n:,} | ({build}) | | | | | | | |", flush=True)
-        del kernels, fns, f32, m
+        del kernels, fns, m
     if not args.no_precision:
         precision_table(rng)
     print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
