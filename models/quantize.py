@@ -68,19 +68,33 @@ def input_weights(model_path: Path) -> list[str]:
     ]
 
 
+# Weight types compared in benchmarks/bench_int8.py; the build uses "u8u8-input".
+#   u8s8: int8 weights everywhere (saturates without VNNI); u8s8-7bit: ONNX Runtime's reduce_range;
+#   u8u8: uint8 weights everywhere (no fast U8S8 kernels at all); u8u8-input: this module's recipe.
+RECIPES = ("u8u8-input", "u8s8", "u8s8-7bit", "u8u8")
+
+
 def quantize_int8(
-    fp32_path: Path, out_path: Path, calibration: np.ndarray, input_name: str = "input"
+    fp32_path: Path,
+    out_path: Path,
+    calibration: np.ndarray,
+    input_name: str = "input",
+    recipe: str = "u8u8-input",
 ) -> None:
     """Write the static int8 (QDQ) version of `fp32_path` to `out_path`, calibrated on `calibration`
     (N x C x H x W float32, normalised exactly as the runtime feeds the model)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown int8 recipe {recipe!r}")
     if calibration is None or len(calibration) == 0:
         raise BuildError(f"{fp32_path.name}: no calibration inputs for int8")
     with tempfile.TemporaryDirectory(prefix="fs-quant-") as tmp:
         prep = Path(tmp) / "prep.onnx"
         quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
+        # U8U8 where pixels come in: no saturating 16-bit pair sums on any CPU (module docstring).
+        u8_weights = input_weights(prep) if recipe == "u8u8-input" else []
         quantize_static(
             str(prep),
             str(out_path),
@@ -88,14 +102,12 @@ def quantize_int8(
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QUInt8 if recipe == "u8u8" else QuantType.QInt8,
+            reduce_range=recipe == "u8s8-7bit",
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=output_nodes(prep),
-            # U8U8 where pixels come in: no saturating 16-bit pair sums on any CPU (module docstring).
             extra_options={
-                "TensorQuantOverrides": {
-                    w: [{"quant_type": QuantType.QUInt8, "axis": 0}] for w in input_weights(prep)
-                }
+                "TensorQuantOverrides": {w: [{"quant_type": QuantType.QUInt8, "axis": 0}] for w in u8_weights}
             },
         )
 
