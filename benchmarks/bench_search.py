@@ -5,13 +5,12 @@ Matcher.match(k=1) calls), against the memory-bandwidth bound of one pass over w
     python benchmarks/bench_search.py [--sizes 1000,10000,100000,1000000] [--repeats 15]
 
 Kernels (search.choose_kernel picks one per gallery size and CPU; "(used)" marks its pick here):
-  float32   the exact float32 pass (numpy/BLAS): galleries under FAST_MIN_ROWS, and any CPU when
-            ONNX Runtime is missing
+  float32   the exact float32 pass (numpy/BLAS on one thread): galleries under FAST_MIN_ROWS
   int8      search.Int8Search: int8 codes scored by ONNX Runtime's exact integer GEMM on
             SEARCH_THREADS worker threads + exact float64 re-rank of every candidate the error bound
-            cannot rule out: what CPUs without native bf16 use (run here by forcing it)
-  bf16      search.Bf16Search: oneDNN bfloat16 coarse pass + the same kind of re-rank: CPUs with
-            native bf16 (marked "emulated" on others, where it is never chosen)
+            cannot rule out: big galleries on every CPU, and the path of CPUs without native bf16
+  bf16      search.Bf16Search: oneDNN bfloat16 coarse pass + the same kind of re-rank: only where
+            ONNX Runtime is missing and the CPU has native bf16 (marked "emulated" on other CPUs)
 Bandwidth: the fastest of 15 streaming reads of the float32 gallery on SEARCH_THREADS threads
 gives GB/s (galleries from 100k; smaller ones sit in cache); a kernel's floor is the bytes it must
 read per pass at that rate (float32 512 B/sample, bf16 320 as oneDNN packs it, int8 128); "x floor"

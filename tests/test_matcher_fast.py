@@ -94,20 +94,32 @@ def cpu(*features: str, arch: str = "x86_64") -> CpuInfo:
     return CpuInfo(arch=arch, model="test", features=frozenset(features), logical_cpus=2)
 
 
-def test_kernel_choice_follows_the_cpu_features():
-    """The policy on CPUs described by their features, whatever CPU runs the test: bf16 only where
-    the hardware multiplies bf16 (emulated bf16 is slower than float32), the int8 pass elsewhere,
-    float32 for small galleries everywhere."""
+def test_kernel_choice_follows_the_cpu_features(monkeypatch):
+    """The policy on CPUs described by their features, whatever CPU runs the test: the int8 pass on
+    every CPU where ONNX Runtime runs; without it bf16 only where the hardware multiplies bf16
+    (emulated bf16 is slower than float32); float32 for small galleries everywhere."""
     avx2 = cpu("avx2", "fma")
     avx512 = cpu("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni")
     bf16 = cpu("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16")
+    arm = cpu("asimd", "asimddp", arch="aarch64")
+    every = (
+        avx2,
+        avx512,
+        bf16,
+        cpu("amx_bf16", "amx_int8"),
+        arm,
+        cpu("asimd", "bf16", arch="aarch64"),
+        cpu(),
+    )
     big_n = FAST_MIN_ROWS
-    coarse = "int8" if onnxruntime_available() else "float32"
-    for c in (avx2, avx512, cpu("asimd", "asimddp", arch="aarch64"), cpu()):
-        assert choose_kernel(big_n, c) == coarse
-    assert choose_kernel(big_n, bf16) == ("bf16" if torch.backends.mkldnn.is_available() else coarse)
-    for c in (avx2, bf16):
+    for c in every:
         assert choose_kernel(FAST_MIN_ROWS - 1, c) == "float32"
+    if onnxruntime_available():
+        assert {choose_kernel(big_n, c) for c in every} == {"int8"}
+    monkeypatch.setattr(search, "onnxruntime_available", lambda: False)
+    mkldnn = torch.backends.mkldnn.is_available()
+    for c in every:
+        assert choose_kernel(big_n, c) == ("bf16" if c.native_bf16 and mkldnn else "float32")
 
 
 def test_big_galleries_get_the_kernel_the_policy_names_for_this_cpu(gallery):

@@ -7,10 +7,10 @@ product stays in cache. The pass is memory-bound, so its cost is the matrix size
 
 Big galleries (search.FAST_MIN_ROWS samples and up) answer nearest() with a coarse pass over a compact copy
 of the matrix, then an exact float64 re-rank of every candidate the coarse error bound cannot rule
-out: search.Bf16Search on CPUs that multiply bf16 in hardware, search.Int8Search (int8 codes, ONNX
-Runtime's integer GEMM) elsewhere; search.choose_kernel is the policy. Same sample, same decision as an exhaustive
-search (the proofs are in search.py); distances agree within ~1e-7. The k-NN vote (match k>1) and
-top_k keep the exact float32 pass.
+out: search.Int8Search (int8 codes, ONNX Runtime's integer GEMM) on every CPU, search.Bf16Search
+where ONNX Runtime is missing and the CPU has native bf16; search.choose_kernel is the policy. Same
+sample, same decision as an exhaustive search (the proofs are in search.py); distances agree within
+~1e-7. The k-NN vote (match k>1) and top_k keep the exact float32 pass.
 """
 
 from __future__ import annotations

@@ -3,13 +3,14 @@ then an exact float64 re-rank of every sample the coarse pass's error bound cann
 
 The float32 pass of SampleIndex reads 512 MB per batch at 1M samples of 128-d, and with 10 faces it
 is bound by its 1.3 G multiply-adds more than by memory. Two coarse kernels cut both; which one a
-gallery gets is choose_kernel's decision from the CPU's features (stream.cpu), ranked by
-benchmarks/bench_search.py:
-  Bf16Search  bfloat16 matmul through oneDNN: CPUs with native bf16 (AVX512-BF16, AMX, ARM BF16).
-  Int8Search  int8 codes scored by ONNX Runtime's exact integer GEMM: every other CPU (bf16
-              emulated in software is slower than float32). Its bound is in its docstring.
+gallery gets is choose_kernel's decision, ranked by benchmarks/bench_search.py:
+  Int8Search  int8 codes scored by ONNX Runtime's exact integer GEMM (a public, well-kept kernel
+              library with SIMD code for every x86 level and ARM): the default on every CPU.
+  Bf16Search  bfloat16 matmul through torch's oneDNN ops: as fast on a CPU with native bf16, slower
+              than float32 without it; kept for machines without ONNX Runtime.
 Both return the sample an exhaustive float64 search returns (lowest index among exact ties): the
-coarse scores only pick candidates, the answer comes from `rerank`.
+coarse scores only pick candidates, the answer comes from `rerank`. Int8Search's bound is in its
+docstring; Bf16Search's follows.
 
 Bf16Search. It keeps a second, bfloat16 copy of the matrix (half the bytes, twice the multiply
 rate with AVX512-BF16) in blocks pre-packed for oneDNN and scores every sample with one matmul per
@@ -106,16 +107,17 @@ KERNELS = ("float32", "int8", "bf16")
 
 def choose_kernel(n_rows: int, cpu: CpuInfo | None = None) -> str:
     """The nearest() kernel for a gallery of n_rows samples on `cpu` (default: this machine), ranked
-    by benchmarks/bench_search.py (RESULTS.md, measured side by side): bf16 where the CPU multiplies
-    bf16 in hardware, else the int8 pass (4x fewer bytes than float32, integer SIMD on any CPU ONNX
-    Runtime supports), else (no ONNX Runtime) the float32 pass. All three give the same answers."""
+    by benchmarks/bench_search.py (RESULTS.md, measured side by side): int8 wherever ONNX Runtime
+    runs (on a CPU with native bf16 it matched or beat bf16; elsewhere bf16 is emulated and slower
+    than float32), bf16 where ONNX Runtime is missing and the CPU multiplies bf16 in hardware, else
+    the float32 pass. All three give the same answers; only their speed depends on the CPU."""
     cpu = cpu or cpu_info()
     if n_rows < FAST_MIN_ROWS:
         return "float32"
-    if cpu.native_bf16 and _torch_has_mkldnn():
-        return "bf16"
     if onnxruntime_available():
         return "int8"
+    if cpu.native_bf16 and _torch_has_mkldnn():
+        return "bf16"
     return "float32"
 
 
