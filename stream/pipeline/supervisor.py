@@ -36,6 +36,7 @@ from stream.pipeline import framering, metrics, transport, wire
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.sources import check, is_live, without_url
 from stream.pipeline.stages.base import EXIT_FATAL, EXIT_OK, EXIT_SOURCE_FAILED
+from stream.pipeline.stages.capture import opened_mark
 from stream.pipeline.summary import format_summary
 
 log = logging.getLogger(__name__)
@@ -295,7 +296,17 @@ class Supervisor:
         summary = self.summary()
         print(format_summary(summary), file=sys.stderr)
         if self.failed_sources:  # their own lines, already naming source, URL and reason
-            raise FacestreamError("; ".join(self.failed_sources.values()))
+            # Sources stopped by this failure before their own deadline (two typos: name both).
+            pending = [
+                f"{s.name} ({s.url})"
+                for i, s in enumerate(self.cfg.sources)
+                if s.name not in self.failed_sources
+                and is_live(s.url)
+                and self.cfg.open_timeout(i) is not None
+                and not opened_mark(self.run_dir, i).exists()
+            ]
+            also = [f"not opened either: {', '.join(pending)}"] if pending else []
+            raise FacestreamError("; ".join([*self.failed_sources.values(), *also]))
         errors = {**self.errors, **summary.get("errors", {})}  # the sink has the sources' own words
         if errors and set(errors) >= set(self.cfg.cameras):
             raise FacestreamError(

@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 STAGE = "capture"
 
 
+def opened_mark(run_dir: Path, index: int) -> Path:
+    """A file in the run directory: source `index` has opened once in this run. A capture process
+    that the supervisor restarts then keeps live semantics (retry forever), no new deadline; and the
+    supervisor can tell which sources never opened."""
+    return run_dir / f"opened-capture-{index}"
+
+
 class Capture:
     def __init__(self, cfg: PipelineConfig, index: int, stop: Stop):
         self.cfg = cfg
@@ -63,10 +70,8 @@ class Capture:
     # ----- state, events -----------------------------------------------------------------------
     @property
     def _opened_mark(self) -> Path | None:
-        """A file in the run directory: this source has opened once in this run. A capture process
-        that the supervisor restarts then keeps live semantics (retry forever), no new deadline."""
         run_dir = self.cfg.transport.run_dir
-        return Path(run_dir) / f"opened-capture-{self.index}" if run_dir is not None else None
+        return opened_mark(Path(run_dir), self.index) if run_dir is not None else None
 
     def set_state(self, up: bool, reason: str) -> None:
         self.m.camera_up.labels(self.cam).set(1 if up else 0)
