@@ -89,7 +89,7 @@ def _threads(cfg: Any, notes: dict[str, list[str]]) -> dict[str, Any]:
     }
     busiest = stages["detect"]["workers"] * stages["detect"]["threads"]
     if busiest > usable:
-        # Stage threads count os.cpu_count() (the whole machine); a container or taskset may allow fewer.
+        # Only configured thread counts can exceed this: the defaults follow the usable CPUs.
         notes["warnings"].append(
             f"detection would run {busiest} threads but this process may use {usable} CPUs: "
             "set detect.threads / embed.threads in the config"
@@ -422,7 +422,7 @@ def _ort_cuda(o: dict) -> str:
 
 def _model(m: dict) -> str:
     if m["state"] == "ok":
-        return f"ok ({m['files']} files, {m['sha256_checked']} sha256 verified)"
+        return f"ok ({m['files']} file{'s' if m['files'] != 1 else ''}, {m['sha256_checked']} sha256 verified)"
     if m["state"] == "not built":
         return f"not built (`facestream models pull {m['name']}`)"
     return "DAMAGED: " + "; ".join(m["problems"])

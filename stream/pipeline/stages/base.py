@@ -13,6 +13,7 @@ from pathlib import Path
 
 import zmq
 
+from stream.cpu import cpu_info
 from stream.pipeline import transport, wire
 from stream.pipeline.config import PipelineConfig
 
@@ -90,7 +91,7 @@ def stage_threads(cfg: PipelineConfig, role: str) -> int:
     configured = cfg.detect.threads if role == "detect" else cfg.embed.threads
     if configured:
         return configured
-    cores = os.cpu_count() or 1
+    cores = cpu_info().logical_cpus  # what this process may use (containers, taskset), not the machine
     if role == "detect":
         return max(1, cores // cfg.detect.workers)
     return max(1, cores // (2 * cfg.embed.workers))
