@@ -9,23 +9,20 @@ Open timeouts here are ~1.5 s so that each run costs seconds (mostly model loadi
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from datetime import datetime
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from test_sources import closed_port, write_video
+from test_sources import closed_port, serve_video
 
 FAST = "capture: {reconnect_initial_s: 0.2, reconnect_max_s: 0.5, open_timeout_s: 1.5}\n"
 RUN_LIMIT_S = 120  # model loading on a busy 2-core machine; the runs themselves take seconds
@@ -185,15 +182,7 @@ def test_a_camera_that_opened_once_is_retried_forever_even_by_a_restarted_captur
     restarts after it was killed (the source opened once in this run: no new deadline)."""
     from test_pipeline_e2e import children
 
-    write_video(tmp_path / "v.mp4", frames=25)
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v.mp4"
+    server, url = serve_video(tmp_path, frames=25)
     proc = run(tmp_path, FAST, "--source", url)
     err = tmp_path / "stderr.txt"
     try:

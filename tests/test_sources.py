@@ -31,6 +31,20 @@ def write_video(path, frames: int = 5, size=(64, 48), fps: float = 25.0):
     return path
 
 
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def serve_video(folder, frames: int) -> tuple[ThreadingHTTPServer, str]:
+    """A real live stream: a short video served over HTTP (FFmpeg opens it as a network source).
+    Shut the server down to make the 'camera' drop."""
+    write_video(folder / "v.mp4", frames=frames)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v.mp4"
+
+
 def closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -204,15 +218,7 @@ def test_live_feed_that_never_opens_gives_up_at_its_open_timeout():
 def test_live_feed_that_opened_once_retries_forever(tmp_path):
     """A real stream (a video over HTTP) that delivers, then its server goes away: no deadline any
     more, however short the open timeout -- a camera that dropped is coming back."""
-    write_video(tmp_path / "v.mp4", frames=5)
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v.mp4"
+    server, url = serve_video(tmp_path, frames=5)
     states: list[tuple[bool, str]] = []
     up = threading.Event()
 
