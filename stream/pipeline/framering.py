@@ -65,6 +65,9 @@ NAME_RE = re.compile(r"^cap[0-9]{1,4}-[0-9]{1,10}-[0-9]{1,6}\.ring$")
 MAX_SLOTS = 4096
 
 
+DROP_LOG_INTERVAL_S = 10.0
+
+
 class RingError(RuntimeError):
     """A ring file that is missing, or not what a reference says it is."""
 
@@ -364,6 +367,8 @@ class StagePixels:
         self.m = metrics.get()
         self.reader = RingReader(cfg.transport.shm_dir, stage) if cfg.transport.shm_dir else None
         self.skipped: dict[str, int] = {}
+        self._last_log: dict[str, float] = {}  # camera -> monotonic time of its last drop warning
+        self._unlogged: dict[str, int] = {}  # camera -> drops counted since then, not yet logged
 
     def load(self, msg) -> bool:
         """Make msg.frame the pixels (a read-only view of the slot); False: dropped, counted."""
@@ -408,9 +413,23 @@ class StagePixels:
             msg.meta["skipped"] = int(msg.meta.get("skipped", 0)) + n
 
     def _drop(self, msg, reason: str, why: str | None = None) -> None:
-        log.warning(
-            "%s: frame %s/%d dropped: %s", self.stage, msg.cam, msg.seq, why or "its slot was overwritten"
-        )
+        # Every drop is counted; the log says so at most once per camera every DROP_LOG_INTERVAL_S (a
+        # fast live camera can lose hundreds of frames a second, and one line each drowns the log).
+        now = time.monotonic()
+        unlogged = self._unlogged.get(msg.cam, 0)
+        if now - self._last_log.get(msg.cam, -DROP_LOG_INTERVAL_S) >= DROP_LOG_INTERVAL_S:
+            more = f" (and {unlogged} more since the last report)" if unlogged else ""
+            log.warning(
+                "%s: frame %s/%d dropped: %s%s",
+                self.stage,
+                msg.cam,
+                msg.seq,
+                why or "its slot was overwritten",
+                more,
+            )
+            self._last_log[msg.cam], self._unlogged[msg.cam] = now, 0
+        else:
+            self._unlogged[msg.cam] = unlogged + 1
         self.m.frames_dropped_total.labels(self.stage, msg.cam, reason).inc()
         self.skipped[msg.cam] = self.skipped.get(msg.cam, 0) + 1 + int(msg.meta.get("skipped", 0))
 

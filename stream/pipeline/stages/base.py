@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FATAL = 2  # cannot start (models missing, port taken...): do not restart, stop the run
-EXIT_SOURCE_FAILED = 3  # a source that will never work (missing file): reported, not restarted
+EXIT_SOURCE_FAILED = 3  # a source that failed for good (never opened, undecodable): fails the run
 
 
 class Stop:

@@ -127,7 +127,7 @@ class Sink:
             cam.error = msg.meta.get("error")
             cam.dropped = msg.meta.get("dropped")
             if cam.error:
-                log.error("camera %s failed: %s", msg.cam, cam.error)
+                log.info("camera %s failed: %s", msg.cam, cam.error)  # the supervisor reports it: once
 
     def record(self, msg: wire.Message, faces: list[dict]) -> None:
         """Annotate and write the frame. Ring pixels: drawn on a copy, which is written only if the slot
