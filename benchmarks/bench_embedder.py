@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from facestream_models.dlib_resnet import load_dlib_resnet, normalise_chips, reference_chips
-from facestream_models.fetch import extract_members, fetch_package
-from facestream_models.registry import FACE_RECOGNITION_MODELS, get_spec
+from facestream_models.sources import FACE_RECOGNITION_MODELS
 from stream import doctor
 from stream.embedder import Embedder
 from stream.errors import FacestreamError
 from stream.home import downloads_dir, facestream_home
+from stream.pypi import extract_members, fetch_package
+from stream.registry import get_spec
 
 BATCHES = (1, 8, 32)
 

@@ -31,10 +31,10 @@ from facestream_models.dlib_resnet import (
     reference_chips,
 )
 from facestream_models.quantize import RECIPES, compare, quantize_int8, speedup
-from facestream_models.registry import get_spec
 from stream import doctor
 from stream.cpu import cpu_info
 from stream.modelstore import model_path
+from stream.registry import get_spec
 
 NAME = "dlib-resnet-v1"
 COMPARE = """

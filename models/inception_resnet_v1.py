@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from facestream_models.fetch import sha256_file
 from facestream_models.onnx_export import BuildError, export_onnx
+from stream.pypi import sha256_file
 
 INPUT_CHW = (3, 160, 160)
 EMBEDDING_DIM = 512

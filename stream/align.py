@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from facestream_models.registry import CropSpec
+from stream.registry import CropSpec
 
 
 def similarity_transforms(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -166,8 +166,8 @@ def _ort_cuda_works() -> tuple[bool, str | None]:
 
 
 def _models(home: Path | None, notes: dict[str, list[str]]) -> dict[str, Any]:
-    from facestream_models.registry import DEFAULT_MODELS, MODELS
     from stream.home import models_dir
+    from stream.registry import DEFAULT_MODELS, MODELS
 
     items = [_check_model(name, home) for name in MODELS]
     for m in items:

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
-from facestream_models.registry import DEFAULT_EMBEDDER, CropSpec, ModelSpec, get_spec
 from stream.align import crop_faces
 from stream.errors import FacestreamError
 from stream.int8_check import accept_int8
 from stream.modelstore import model_path, read_manifest
+from stream.registry import DEFAULT_EMBEDDER, CropSpec, ModelSpec, get_spec
 
 if TYPE_CHECKING:
     from stream.detector import Detections

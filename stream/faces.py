@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from facestream_models.registry import DEFAULT_EMBEDDER
 from stream.detector import MTCNN, Detections
 from stream.embedder import Embedder, distance
 from stream.imageio import load_image
+from stream.registry import DEFAULT_EMBEDDER
 
 __all__ = ["Face", "FaceAnalyzer", "distance"]
 

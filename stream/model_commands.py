@@ -39,7 +39,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from facestream_models.build import is_built, known_models
+    from facestream_models.build import is_built
+    from stream.registry import MODELS
 
     rows = [
         {
@@ -50,7 +51,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             "threshold": s.threshold or None,
             "description": s.description,
         }
-        for s in known_models()
+        for s in MODELS.values()
     ]
     if args.json:
         print(json.dumps({"models": rows}))

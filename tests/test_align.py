@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from facestream_models.registry import DLIB_CHIP_TEMPLATE, CropSpec
 from stream.align import crop_faces, similarity_transforms
+from stream.registry import DLIB_CHIP_TEMPLATE, CropSpec
 
 
 def test_similarity_transform_recovers_a_known_one():

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from conftest import missing
 
-from facestream_models.fetch import fetch_package, sha256_file
-from facestream_models.samples import FACE_RECOGNITION, fetch_samples, samples_dir
 from stream.errors import FacestreamError
 from stream.pipeline.demo import frame_ranges
 from stream.pipeline.demo_clip import SHOTS, SIZE, build_clip
+from stream.pipeline.demo_samples import FACE_RECOGNITION, fetch_samples, samples_dir
+from stream.pypi import fetch_package, sha256_file
 
 PINS = {Path(m).name: sha for m, sha in FACE_RECOGNITION.members.items()}
 

@@ -24,7 +24,7 @@ from facestream_models.dlib_resnet import (
     reference_chips,
 )
 from facestream_models.onnx_export import BuildError
-from facestream_models.registry import MODELS
+from stream.registry import MODELS
 
 SPEC = MODELS["dlib-resnet-v1"]
 TOLERANCE = 1e-4  # vs dlib's descriptors, per component

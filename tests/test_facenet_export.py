@@ -28,7 +28,8 @@ from facestream_models.inception_resnet_v1 import (
     sample_faces,
 )
 from facestream_models.onnx_export import PARITY_TOLERANCE, BuildError
-from facestream_models.registry import FACENET_PYTORCH, MODELS
+from facestream_models.sources import FACENET_PYTORCH
+from stream.registry import MODELS
 
 VGGFACE2 = MODELS["facenet-vggface2"]
 VGGFACE2_CLASSES = 8631

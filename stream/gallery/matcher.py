@@ -193,7 +193,7 @@ class Matcher:
     up enrollments without a restart. Use from one thread at a time."""
 
     def __init__(self, gallery_path: Path, model: str, threshold: float | None = None):
-        from facestream_models.registry import get_spec
+        from stream.registry import get_spec
 
         self.spec = get_spec(model)
         self.model = model

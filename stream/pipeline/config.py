@@ -42,8 +42,8 @@ from pydantic import (
     model_validator,
 )
 
-from facestream_models.registry import DEFAULT_EMBEDDER
 from stream.errors import FacestreamError
+from stream.registry import DEFAULT_EMBEDDER
 
 ROLES = ("capture", "detect", "embed", "match", "sink")
 PORT_OFFSETS = {"capture": 0, "detect": 100, "embed": 200, "match": 300, "results": 301}

@@ -2,7 +2,7 @@
 on the spot, then a summary a newcomer can read.
 
 Default: one person ("obama") is enrolled from ONE photo (obama.jpg), and the clip films three other
-photos (facestream_models.samples: pinned, cached, offline after set-up) with camera motion; the last
+photos (stream.pipeline.demo_samples: pinned, cached, offline after set-up) with camera motion; the last
 shot cuts to a person who is not enrolled (biden), who must come out as a stranger.
 With --source (a webcam, file, URL or image folder): the largest face of its first frame is enrolled as "person-1"."""
 
@@ -77,9 +77,9 @@ def demo(
     from_file: Path | None = None,
     fetch_only: bool = False,
 ) -> int:
-    from facestream_models.samples import fetch_samples
     from stream.pipeline import config
     from stream.pipeline.demo_clip import build_clip
+    from stream.pipeline.demo_samples import fetch_samples
     from stream.pipeline.supervisor import Supervisor, precheck
 
     if fetch_only or source is None:

@@ -16,7 +16,7 @@ SIZE = (640, 480)  # width, height: a common webcam mode
 FPS = 20.0
 WALL = (40, 40, 40)  # BGR around the photo; plain, so that no false faces appear at the edges
 
-# Face centre x, y and face height (pixels) in each pinned photo (facestream_models.samples), measured
+# Face centre x, y and face height (pixels) in each pinned photo (stream.pipeline.demo_samples), measured
 # once with MTCNN. The photos are pinned by sha256, so these numbers hold; the clip then places the
 # face where each shot wants it without loading a detector.
 FACES = {

@@ -24,7 +24,7 @@ class Namer:
     """Matcher + one FaceTracker per camera; without a gallery everyone is unknown."""
 
     def __init__(self, cfg: PipelineConfig):
-        from facestream_models.registry import get_spec
+        from stream.registry import get_spec
 
         self.cfg = cfg
         self.matcher = None

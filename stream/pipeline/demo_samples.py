@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facestream_models.fetch import extract_members, fetch_package, sha256_file
-from facestream_models.registry import PackageSource
 from stream.errors import FacestreamError
 from stream.home import downloads_dir, facestream_home
+from stream.pypi import PackageSource, extract_members, fetch_package, sha256_file
 
 _DIR = "face_recognition-1.3.0/tests/test_images/"
 FACE_RECOGNITION = PackageSource(
