@@ -47,7 +47,7 @@ def our_weights(args) -> Path:
     for d in (args.weights, models_dir() / "mtcnn"):
         if d and all((Path(d) / f).is_file() for f in WEIGHTS):
             return Path(d)
-    from facestream_models.mtcnn_nets import build_mtcnn
+    from facestream_models.mtcnn import build_mtcnn
 
     out = args.cache / "mtcnn-weights"
     if not all((out / f).is_file() for f in WEIGHTS):

@@ -34,7 +34,7 @@ BUILD_FORMAT = 2
 def _builder(name: str) -> Builder:
     # Imported lazily: each builder pulls in torch and its network definition.
     if name == "mtcnn":
-        from facestream_models.mtcnn_nets import build_mtcnn
+        from facestream_models.mtcnn import build_mtcnn
 
         return build_mtcnn
     if name == "dlib-resnet-v1":

@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facestream_models.mtcnn_nets import PNet
 from stream.errors import FacestreamError, ModelMissingError
+from stream.mtcnn_nets import WEIGHT_FILES, PNet, load_net
 from stream.nms import batched_nms
 from stream.pyramid import area_resize, crop_resize, integral_images
 
-WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
 BACKENDS = ("auto", "torch")
 PNET_PIXELS_PER_CALL = 200_000  # input pixels per P-Net call on CPU (frames x strip rows x width)
 CPU_CHUNK = 64  # R-Net / O-Net candidates per call on CPU
@@ -112,7 +111,7 @@ def _crop_windows(boxes: torch.Tensor, frame: torch.Tensor, shapes: list[tuple[i
 class MTCNN:
     """MTCNN face detector, batched. `backend` is kept for configuration compatibility: "auto" and
     "torch" both run the nets in torch (measured faster than ONNX Runtime on CPU; see
-    facestream_models.mtcnn_nets)."""
+    stream.mtcnn_nets)."""
 
     def __init__(
         self,
@@ -123,8 +122,6 @@ class MTCNN:
         factor: float = 0.709,
         backend: str = "auto",
     ) -> None:
-        from facestream_models.mtcnn_nets import load_net
-
         if weights_dir is None:
             from stream.home import models_dir
 

@@ -174,7 +174,7 @@ def test_corrupt_weights(tmp_path, mtcnn_weights_dir):
 
 def test_nets_match_reference_layout(mtcnn_weights_dir):
     """Our fast forward passes equal plain conv / PReLU / max-pool (NCHW, as facenet-pytorch runs)."""
-    from facestream_models.mtcnn_nets import load_net
+    from stream.mtcnn_nets import load_net
 
     torch.manual_seed(0)
     with torch.inference_mode():
@@ -277,7 +277,7 @@ def test_area_resampling_is_torch_area_interpolation():
 
 
 def test_build_mtcnn(tmp_path, mtcnn_weights_dir):
-    from facestream_models.mtcnn_nets import build_mtcnn
+    from facestream_models.mtcnn import build_mtcnn
     from facestream_models.onnx_export import BuildError
 
     inputs = {name: mtcnn_weights_dir / name for name in ("pnet.pt", "rnet.pt", "onet.pt")}

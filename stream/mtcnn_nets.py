@@ -1,6 +1,6 @@
 """MTCNN's three networks (P-Net, R-Net, O-Net) in torch, laid out so that facenet-pytorch 2.5.3's
-`pnet.pt`, `rnet.pt` and `onet.pt` state dicts load as they are, and `build_mtcnn`, which publishes
-them for `stream.detector.MTCNN`.
+`pnet.pt`, `rnet.pt` and `onet.pt` state dicts load as they are; `stream.detector.MTCNN` runs them
+and the build (facestream_models.mtcnn) checks and publishes the weights.
 
 The forward passes compute what facenet-pytorch's modules compute (to float rounding), written for
 speed on CPU: channels-last tensors (oneDNN convolutions; facenet-pytorch's NCHW is slower), large
@@ -25,14 +25,13 @@ as on GPU, and no ONNX export is built.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
+WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")  # a built MTCNN: one state dict per net
 CL = torch.channels_last
 
 
@@ -226,36 +225,3 @@ def load_net(name: str, path: Path, device: str | torch.device = "cpu") -> nn.Mo
     if isinstance(net, PNet):
         net.prepare()
     return net
-
-
-def build_mtcnn(inputs: dict[str, Path], out_dir: Path, spec=None) -> dict:
-    """Publish MTCNN into `out_dir`: copies of pnet.pt, rnet.pt and onet.pt (`inputs` maps those
-    names to extracted files), each checked to load into its net and to give finite outputs.
-    Returns manifest extras. The nets run in torch on CPU and GPU alike: no ONNX export (see the
-    module docstring for the measurements behind that choice)."""
-    from facestream_models.onnx_export import BuildError
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sizes = {"pnet": (1, 3, 12, 12), "rnet": (2, 3, 24, 24), "onet": (2, 3, 48, 48)}
-    for fname in WEIGHT_FILES:
-        name = fname.removesuffix(".pt")
-        src = inputs.get(fname)
-        if src is None or not Path(src).is_file():
-            raise BuildError(f"mtcnn build: {fname} missing from the inputs")
-        try:
-            net = load_net(name, Path(src))
-            with torch.inference_mode():
-                outs = net(torch.zeros(sizes[name]))
-        except Exception as e:  # noqa: BLE001 - any load failure is a build failure
-            raise BuildError(
-                f"mtcnn build: {fname} does not load into {name}: {str(e).splitlines()[0]}"
-            ) from e
-        if not all(bool(torch.isfinite(o).all()) for o in outs):
-            raise BuildError(f"mtcnn build: {fname} gives non-finite outputs")
-        shutil.copyfile(src, out_dir / fname)
-    return {
-        "weights": list(WEIGHT_FILES),
-        "runtime": "torch",
-        "input_scaling": "(pixel - 127.5) * 0.0078125, RGB",
-    }
