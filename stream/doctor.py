@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
 import json
 import os
 import platform
@@ -183,37 +182,16 @@ def _models(home: Path | None, notes: dict[str, list[str]]) -> dict[str, Any]:
 
 def _check_model(name: str, home: Path | None) -> dict[str, Any]:
     """ok / not built / damaged: every file the manifest lists, with its size and recorded sha256."""
-    from stream.errors import FacestreamError, ModelMissingError
-    from stream.modelstore import model_path, read_manifest
+    from stream.modelstore import check_model
 
-    folder = model_path(name, home)
-    out: dict[str, Any] = {"name": name, "state": "ok", "files": 0, "sha256_checked": 0, "problems": []}
-    try:
-        manifest = read_manifest(name, home)
-    except ModelMissingError:
-        return {**out, "state": "not built"}
-    except FacestreamError as e:
-        return {**out, "state": "damaged", "problems": [str(e)]}
-    sizes, digests = manifest.get("files") or {}, manifest.get("sha256") or {}
-    for file in sorted({*sizes, *digests}):
-        path = folder / file
-        out["files"] += 1
-        if not path.is_file():
-            out["problems"].append(f"{file} missing")
-        elif file in sizes and path.stat().st_size != sizes[file]:
-            out["problems"].append(f"{file} has {path.stat().st_size} bytes, the manifest says {sizes[file]}")
-        elif file in digests:
-            with path.open("rb") as fh:
-                ok = hashlib.file_digest(fh, "sha256").hexdigest() == digests[file]
-            out["sha256_checked"] += 1
-            if not ok:
-                out["problems"].append(f"{file} sha256 differs from the manifest")
-    if not out["files"]:
-        out["problems"].append("the manifest lists no files")
-    if out["problems"]:
-        out["state"] = "damaged"
-        out["problems"].append(f"rebuild with `facestream models pull --force {name}`")
-    return out
+    c = check_model(name, home, verify_sha256=True)
+    return {
+        "name": name,
+        "state": c.state,
+        "files": c.files,
+        "sha256_checked": c.sha256_checked,
+        "problems": c.problems,
+    }
 
 
 def _embedder(cfg: Any, models: dict, runtimes: dict, notes: dict[str, list[str]]) -> dict[str, Any]:
@@ -422,7 +400,9 @@ def _ort_cuda(o: dict) -> str:
 
 def _model(m: dict) -> str:
     if m["state"] == "ok":
-        return f"ok ({m['files']} file{'s' if m['files'] != 1 else ''}, {m['sha256_checked']} sha256 verified)"
+        return (
+            f"ok ({m['files']} file{'s' if m['files'] != 1 else ''}, {m['sha256_checked']} sha256 verified)"
+        )
     if m["state"] == "not built":
         return f"not built (`facestream models pull {m['name']}`)"
     return "DAMAGED: " + "; ".join(m["problems"])

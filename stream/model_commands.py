@@ -39,7 +39,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from facestream_models.build import is_built
+    from stream.modelstore import is_built
     from stream.registry import MODELS
 
     rows = [

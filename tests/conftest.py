@@ -32,9 +32,10 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def models_home() -> Path:
     """$FACESTREAM_HOME with mtcnn and dlib-resnet-v1 built (pulls them once if needed)."""
-    from facestream_models.build import is_built, pull
+    from facestream_models.build import pull
     from stream.errors import FacestreamError
     from stream.home import facestream_home
+    from stream.modelstore import is_built
 
     home = facestream_home()
     if not (is_built("mtcnn", home) and is_built("dlib-resnet-v1", home)):
