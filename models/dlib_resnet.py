@@ -31,13 +31,14 @@ from facestream_models.dlib_dat import TAG_OR_SKIP_VERSION, DatLayer, DlibNet, r
 from facestream_models.onnx_export import BuildError, export_onnx, skip_optional
 from facestream_models.quantize import fp32_embeddings
 from stream.int8_check import CHECK_CHIPS, CHECK_FILE, verified_on, write_check
-from stream.registry import ModelSpec
+from stream.modelstore import INT8_FILE, ONNX_FILE
+from stream.registry import MODELS, ModelSpec
 
 log = logging.getLogger(__name__)
 DAT_NAME = "dlib_face_recognition_resnet_model_v1.dat"
-INPUT_SIZE = 150
+INPUT_SIZE = MODELS["dlib-resnet-v1"].crop.size[0]  # square chips, 150 x 150
 INPUT_CHW = (3, INPUT_SIZE, INPUT_SIZE)
-EMBEDDING_DIM = 128
+EMBEDDING_DIM = MODELS["dlib-resnet-v1"].dim  # 128
 # (channels, residual blocks, first block downsamples) per stage, input side first (alevel4..alevel0).
 STAGES = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
 # dlib's own 150x150 chips in the shared test data next to the repo: real inputs for the parity check.
@@ -47,7 +48,6 @@ REFERENCE_CHIPS = SHARED_DATA / "reference" / "dlib" / "chips"
 # (MTCNN's reference landmarks + the registry's template), verified on those plus dlib's own chips,
 # which calibration never sees. Limits: what the recipe achieves (L2 mean ~0.036, max ~0.064 on
 # 103 faces) plus headroom; typical same-person distances are 0.3-0.45, the threshold 0.6.
-INT8_FILE = "model.int8.onnx"
 INT8_L2_MEAN_LIMIT = 0.045
 INT8_L2_MAX_LIMIT = 0.08
 # Decisions: none may change among dlib's reference chips (5 people, 903 pairs); among all 103
@@ -322,7 +322,7 @@ def _quantize_checked(out_dir: Path, spec: ModelSpec, ours: np.ndarray, dlib_chi
     calibration = normalise_chips(ours, spec.mean, spec.std)
     verification = np.concatenate([calibration, normalise_chips(dlib_chips, spec.mean, spec.std)])
     strict = np.arange(len(verification)) >= len(calibration)  # dlib's own chips
-    fp32, int8 = out_dir / "model.onnx", out_dir / INT8_FILE
+    fp32, int8 = out_dir / ONNX_FILE, out_dir / INT8_FILE
     stats = quantize_and_verify(
         fp32,
         int8,
@@ -377,9 +377,9 @@ def build_dlib_resnet(inputs: dict[str, Path], out_dir: Path, spec: ModelSpec) -
         real = normalise_chips(chips, spec.mean, spec.std)
     else:  # no shared data: inputs in the normalised pixel range instead
         real = np.random.default_rng(1).uniform(-0.5, 0.5, (4, *INPUT_CHW)).astype(np.float32)
-    parity = export_onnx(model, out_dir / "model.onnx", INPUT_CHW, real)
+    parity = export_onnx(model, out_dir / ONNX_FILE, INPUT_CHW, real)
     return {
-        "file": "model.onnx",
+        "file": ONNX_FILE,
         "parity_max_abs": parity,
         "parity_real_faces": 0 if chips is None else len(chips),
         "int8": build_int8(out_dir, spec),

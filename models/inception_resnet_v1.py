@@ -19,10 +19,13 @@ import torch
 from torch import nn
 
 from facestream_models.onnx_export import BuildError, export_onnx
+from stream.modelstore import ONNX_FILE
 from stream.pypi import sha256_file
+from stream.registry import MODELS
 
-INPUT_CHW = (3, 160, 160)
-EMBEDDING_DIM = 512
+_CHIP_W, _CHIP_H = MODELS["facenet-vggface2"].crop.size  # both checkpoints: 160 x 160
+INPUT_CHW = (3, _CHIP_H, _CHIP_W)
+EMBEDDING_DIM = MODELS["facenet-vggface2"].dim  # 512
 
 # Identities in each checkpoint's classifier (`logits`): tells the two checkpoints apart.
 KNOWN_NUM_CLASSES = {"facenet-vggface2": 8631, "facenet-casia": 10575}
@@ -339,7 +342,7 @@ def build_facenet(inputs: dict[str, Path], out_dir: Path, spec) -> dict:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = out_dir / "model.onnx"
+    onnx_path = out_dir / ONNX_FILE
     real = sample_faces()
     with torch.random.fork_rng(devices=[]):  # export_onnx traces a random batch: same build every time
         torch.manual_seed(0)

@@ -10,6 +10,7 @@ import torch
 
 from facestream_models.onnx_export import BuildError
 from stream.mtcnn_nets import WEIGHT_FILES, load_net
+from stream.pyramid import SCALE
 
 
 def build_mtcnn(inputs: dict[str, Path], out_dir: Path, spec=None) -> dict:
@@ -39,5 +40,5 @@ def build_mtcnn(inputs: dict[str, Path], out_dir: Path, spec=None) -> dict:
     return {
         "weights": list(WEIGHT_FILES),
         "runtime": "torch",
-        "input_scaling": "(pixel - 127.5) * 0.0078125, RGB",
+        "input_scaling": f"(pixel - 127.5) * {SCALE}, RGB",
     }

@@ -22,7 +22,7 @@ import onnxruntime as ort
 from stream.align import crop_faces
 from stream.errors import FacestreamError
 from stream.int8_check import accept_int8
-from stream.modelstore import model_path, read_manifest
+from stream.modelstore import ONNX_FILE, model_path, read_manifest
 from stream.registry import DEFAULT_EMBEDDER, CropSpec, ModelSpec, get_spec
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class Embedder:
             else:
                 log.debug("embedder %s: int8 %s", name, why)
         if self.precision == "fp32":
-            self.session = self._open(model_path(name, home) / manifest.get("file", "model.onnx"), providers)
+            self.session = self._open(model_path(name, home) / manifest.get("file", ONNX_FILE), providers)
         self.provider = self.session.get_providers()[0]
         log.info("embedder %s runs on %s in %s", name, self.provider, self.precision)
 

@@ -16,6 +16,8 @@ from stream.home import models_dir
 from stream.pypi import sha256_file
 
 MANIFEST = "model.json"
+ONNX_FILE = "model.onnx"  # an embedder's exported model (manifest key "file")
+INT8_FILE = "model.int8.onnx"  # its verified int8 version, when built (manifest key "int8")
 # Bumped when what a build writes changes (2: int8 with U8U8 input layers, its CPU record and check
 # chips): a model published by an older build is not built as far as `is_built` (and so the next
 # `models pull`) is concerned.

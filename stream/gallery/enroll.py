@@ -20,13 +20,11 @@ from stream.errors import FacestreamError
 from stream.gallery.crops import decode_crop, encode_crop, make_crop, to_crop_coords
 from stream.gallery.quality import MIN_EYE_PX, MIN_SHARPNESS, quality_problem
 from stream.gallery.store import Gallery, NewSample, validate_name
-from stream.imageio import read_file
+from stream.imageio import IMAGE_SUFFIXES, read_file
 
 if TYPE_CHECKING:
     from stream.embedder import Embedder
     from stream.faces import Face, FaceAnalyzer
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 @dataclass
