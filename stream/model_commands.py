@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    # The one place the runtime reaches into the build (facestream_models): the CLI is the top of both,
+    # and the build is imported only when this command runs (tests/test_package_direction.py).
     from facestream_models.build import pull
     from stream.home import models_dir
 
