@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from stream.detections import Detections  # re-exported: the type lives in stream/detections.py
 from stream.errors import FacestreamError, ModelMissingError
 from stream.mtcnn_nets import WEIGHT_FILES, PNet, load_net
 from stream.nms import batched_nms
@@ -32,24 +32,6 @@ from stream.pyramid import area_resize, crop_resize, integral_images
 BACKENDS = ("auto", "torch")
 PNET_PIXELS_PER_CALL = 200_000  # input pixels per P-Net call on CPU (frames x strip rows x width)
 CPU_CHUNK = 64  # R-Net / O-Net candidates per call on CPU
-
-
-@dataclass
-class Detections:
-    """One frame's faces, by descending score."""
-
-    boxes: np.ndarray  # (N, 4) float32 x1, y1, x2, y2 in frame pixels
-    scores: np.ndarray  # (N,) float32 face probability
-    landmarks: np.ndarray  # (N, 5, 2) float32 (x, y): left eye, right eye, nose, mouth left, mouth right
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-    @staticmethod
-    def empty() -> Detections:
-        return Detections(
-            np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
-        )
 
 
 def pyramid_scales(h: int, w: int, min_face_size: int, factor: float) -> list[tuple[float, int, int]]:

@@ -183,16 +183,19 @@ def test_reference_travels_instead_of_the_pixels():
     assert header["ref"] == {"ring": "cap0-123-0.ring", "slot": 5} and header["shape"] == [36, 64, 3]
     back = wire.decode(parts)
     assert back.frame is None and back.ref == wire.FrameRef("cap0-123-0.ring", 5, (36, 64, 3))
-    assert back.has_pixels and back.meta == {"fps": 25.0}
+    assert isinstance(back, wire.Frame)
+    assert back.has_pixels and (back.fps, back.pts, back.live, back.skipped, back.error) == (
+        25.0,
+        None,
+        False,
+        0,
+        None,
+    )
     # Passed on by a stage (detect -> embed), still a reference.
-    back.kind = wire.DETS
-    back.arrays = {
-        "boxes": np.zeros((0, 4), np.float32),
-        "scores": np.zeros((0,), np.float32),
-        "landmarks": np.zeros((0, 5, 2), np.float32),
-    }
-    again = wire.decode(wire.encode(back))
-    assert again.ref == back.ref and len(wire.encode(back)) == 4
+    dets = back.to(wire.Dets)  # no faces: three empty arrays
+    again = wire.decode(wire.encode(dets))
+    assert isinstance(again, wire.Dets)
+    assert again.ref == dets.ref and len(wire.encode(dets)) == 4
 
 
 @pytest.mark.parametrize(
@@ -238,6 +241,6 @@ def test_stage_pixels_count_an_overwritten_frame_as_a_drop(ring_dir, tmp_path):
     assert counter._value.get() - before == 1
     nxt = wire.eos_message("cam0", 3)
     pixels.carry(nxt)  # the drop rides on the camera's next message: the sink's count stays exact
-    assert nxt.meta["skipped"] == 1
+    assert nxt.skipped == 1
     pixels.close()
     w.close()

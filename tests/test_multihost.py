@@ -305,7 +305,7 @@ def test_results_pub_for_dashboards_is_curve_too(tmp_path, keys):
                 s.curve_serverkey = server_b
             s.connect(endpoint)
             strays.append((c, s))
-        msg = wire.Message(wire.RESULT, "cam0", 7, meta={"faces": []})
+        msg = wire.Result(cam="cam0", seq=7)
         deadline = time.monotonic() + 10
         while not sub.poll(50):  # PUB drops until the subscription arrives: keep publishing
             assert time.monotonic() < deadline, "the allowed dashboard got nothing"

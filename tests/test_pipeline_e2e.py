@@ -433,4 +433,4 @@ def test_results_pub_carries_results_not_pixels(small_clip, models_home, tmp_pat
         ctx.term()
     assert [m.seq for m in results] == list(range(10))
     assert all(m.frame is None and m.ref is None for m in results)
-    assert all("faces" in m.meta for m in results) and any(m.meta["faces"] for m in results)
+    assert all(m.dets.names is not None for m in results) and any(wire.faces_json(m.dets) for m in results)

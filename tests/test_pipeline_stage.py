@@ -85,7 +85,7 @@ def test_bad_messages_are_counted_and_the_stage_keeps_serving(detect_stage):
     wrong_version["v"] = wire.VERSION + 1
     bad_shape = msgpack.unpackb(header)
     bad_shape["shape"] = [4000, 4000, 3]
-    wrong_kind = wire.encode(wire.Message(wire.RESULT, "cam0", 0))
+    wrong_kind = wire.encode(wire.Result(cam="cam0", seq=0))
     bad = [
         [b"not msgpack \xc1"],
         [msgpack.packb(wrong_version), pixels],
@@ -100,7 +100,8 @@ def test_bad_messages_are_counted_and_the_stage_keeps_serving(detect_stage):
     assert pull.poll(60_000), "the stage stopped serving"
     out = wire.decode(pull.recv_multipart(copy=False))
     assert out.kind == wire.DETS and out.seq == 1
-    assert out.frame.shape == (120, 160, 3) and out.arrays["boxes"].shape == (0, 4)
+    assert isinstance(out, wire.Dets)
+    assert out.frame is not None and out.frame.shape == (120, 160, 3) and out.dets.boxes.shape == (0, 4)
     assert {"capture", "detect_in", "detect_out"} <= set(out.t)
     assert bad_count(port) == len(bad)
     # And once more after the barrage, with an end-of-stream passing through in order.

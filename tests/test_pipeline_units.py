@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
+from stream.detections import Detections
 from stream.pipeline import batching, config, transport, wire
 from stream.pipeline.stages.sinks import Sink
 from stream.pipeline.summary import Stats, format_summary
@@ -90,7 +91,10 @@ def result(cam: str, seq: int) -> wire.Message:
         "match_in": 3_000_000,
         "match_out": 4_000_000 + seq,
     }
-    return wire.Message(wire.RESULT, cam, seq, t, 1.5, meta={"faces": []})
+    no_faces = Detections.empty().with_columns(
+        tracks=np.zeros(0, np.int32), names=[], distances=np.zeros(0, np.float64)
+    )
+    return wire.Result(cam=cam, seq=seq, t=t, wall=1.5, dets=no_faces)
 
 
 def test_sink_ends_after_every_camera_and_writes_jsonl(tmp_path):
@@ -160,7 +164,7 @@ def test_busy_detector_skips_to_each_live_cameras_newest_frame(pair):
     stale_before = m.frames_dropped_total.labels("detect", "a", "stale")._value.get()
     batch = batching.take_batch(pull, "detect", max_batch=2, max_wait_ms=20)
     kept = keep_freshest(batch, pull, m)
-    got = [(r.msg.kind, r.msg.cam, r.msg.seq, r.msg.meta.get("skipped", 0)) for r in kept]
+    got = [(r.msg.kind, r.msg.cam, r.msg.seq, getattr(r.msg, "skipped", 0)) for r in kept]
     assert got == [
         ("frame", "a", 3, 3),
         ("frame", "b", 3, 3),

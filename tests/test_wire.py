@@ -6,6 +6,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from stream.detections import Detections
 from stream.pipeline import wire
 
 
@@ -14,16 +15,14 @@ def frame_msg() -> wire.Message:
     return wire.frame_message("cam0", 7, frame, fps=25.0)
 
 
-def faces_msg(n: int = 2) -> wire.Message:
-    msg = frame_msg()
-    msg.kind = wire.FACES
-    msg.arrays = {
-        "boxes": np.ones((n, 4), np.float32),
-        "scores": np.ones((n,), np.float32),
-        "landmarks": np.ones((n, 5, 2), np.float32),
-        "embeddings": np.arange(n * 128, dtype=np.float32).reshape(n, 128),
-    }
-    return msg
+def faces_msg(n: int = 2) -> wire.Faces:
+    dets = Detections(
+        np.ones((n, 4), np.float32),
+        np.ones((n,), np.float32),
+        np.ones((n, 5, 2), np.float32),
+        embeddings=np.arange(n * 128, dtype=np.float32).reshape(n, 128),
+    )
+    return frame_msg().to(wire.Faces, dets=dets)
 
 
 def test_frame_round_trip_keeps_pixels_and_stamps():
@@ -35,7 +34,13 @@ def test_frame_round_trip_keeps_pixels_and_stamps():
     assert "capture" in header["t"] and header["wall"] > 0
     back = wire.decode([bytes(p) for p in parts])
     assert np.array_equal(back.frame, msg.frame)
-    assert back.t == msg.t and back.meta == {"fps": 25.0}
+    assert back.t == msg.t and (back.fps, back.pts, back.live, back.skipped, back.error) == (
+        25.0,
+        None,
+        False,
+        0,
+        None,
+    )
 
 
 def test_decode_views_the_received_buffer_without_copying():
@@ -49,13 +54,14 @@ def test_decode_views_the_received_buffer_without_copying():
 
 def test_faces_round_trip():
     back = wire.decode(wire.encode(faces_msg(3)))
-    assert back.arrays["embeddings"].shape == (3, 128)
-    assert back.arrays["landmarks"].shape == (3, 5, 2)
+    assert isinstance(back, wire.Faces) and back.dets.embeddings is not None
+    assert back.dets.embeddings.shape == (3, 128)
+    assert back.dets.landmarks.shape == (3, 5, 2)
 
 
 def test_no_faces_is_a_valid_faces_message():
     back = wire.decode(wire.encode(faces_msg(0)))
-    assert len(back.arrays["boxes"]) == 0
+    assert isinstance(back, wire.Faces) and len(back.dets.boxes) == 0
 
 
 def bad(parts) -> str:
@@ -113,18 +119,29 @@ def test_hostile_header_fields_are_rejected():
         bad([msgpack.packb(header), parts[1]])
 
 
+def with_array(parts: list, name: str, arr: np.ndarray | None) -> list:
+    """A faces message as a peer could send it: array `name` replaced (or left out, with None)."""
+    header = msgpack.unpackb(parts[0])
+    names = [spec[0] for spec in header["arrays"]]
+    i = names.index(name)
+    bufs = list(parts[2:])  # parts[1] is the frame
+    if arr is None:
+        del header["arrays"][i], bufs[i]
+    else:
+        header["arrays"][i] = [name, arr.dtype.name, list(arr.shape)]
+        bufs[i] = arr
+    return [msgpack.packb(header), parts[1], *bufs]
+
+
 def test_faces_arrays_must_agree():
-    msg = faces_msg(2)
-    msg.arrays["scores"] = np.ones((3,), np.float32)
-    assert "disagree" in bad(wire.encode(msg))
-    msg = faces_msg(2)
-    del msg.arrays["embeddings"]
-    bad(wire.encode(msg))
+    parts = wire.encode(faces_msg(2))
+    assert "disagree" in bad(with_array(parts, "scores", np.ones((3,), np.float32)))
+    bad(with_array(parts, "embeddings", None))
 
 
 def test_object_arrays_cannot_be_sent():
-    msg = frame_msg()
-    msg.arrays = {"x": np.array([object()])}
+    msg = faces_msg(1)
+    msg.dets.embeddings = np.array([object()])
     with pytest.raises(wire.WireError):
         wire.encode(msg)
 
@@ -141,3 +158,58 @@ def test_latencies_add_up():
     lat = wire.latencies_ms(t)
     assert lat == {"detect": 5.0, "embed": 3.0, "match": 1.0, "total": 9.0}
     assert wire.latencies_ms({})["total"] is None
+
+
+# ----- one detection type, typed kinds ---------------------------------------------------------------
+def named(n: int) -> Detections:
+    d = faces_msg(n).dets
+    return d.with_columns(
+        tracks=np.arange(n, dtype=np.int32),
+        names=[f"p{i}" if i % 2 else None for i in range(n)],
+        distances=np.array([0.123456789, np.inf, 0.5][:n], np.float64),
+    )
+
+
+def test_detections_empty_slice_index_merge():
+    d = named(3)
+    assert len(Detections.empty()) == 0 and len(d[1:]) == 2 and len(d[0]) == 1
+    assert d[np.array([False, True, True])].names == ["p1", None]
+    assert d[[2, 0]].tracks.tolist() == [2, 0]
+    both = Detections.merge([d, d[:1]])
+    assert len(both) == 4 and both.names == [None, "p1", None, None]
+    assert Detections.merge([d, Detections.empty()]).tracks is None  # a column not every part has
+    with pytest.raises(ValueError):
+        Detections(np.zeros((2, 4), np.float32), np.zeros(3, np.float32), np.zeros((2, 5, 2), np.float32))
+
+
+def test_result_round_trip_and_json_faces():
+    msg = faces_msg(3).to(wire.Result, dets=named(3))
+    back = wire.decode(wire.encode(msg))
+    assert isinstance(back, wire.Result) and back.dets.names == [None, "p1", None]
+    faces = wire.faces_json(back.dets)
+    assert faces[0] == {
+        "box": [1.0, 1.0, 1.0, 1.0],
+        "score": 1.0,
+        "landmarks": [[1.0, 1.0]] * 5,
+        "track": 0,
+        "name": None,
+        "distance": 0.12346,
+    }
+    assert faces[1]["distance"] is None and faces[1]["name"] == "p1"
+
+
+def test_capture_gone_is_its_own_kind():
+    back = wire.decode(wire.encode(wire.CaptureGone(cam="cam0", seq=0, error="crashed")))
+    assert isinstance(back, wire.CaptureGone) and back.kind == "gone" and back.error == "crashed"
+    eos = wire.decode(
+        wire.encode(wire.eos_message("cam0", 4, read=5, dropped={"busy": 1}, ring="cap0-1-0.ring"))
+    )
+    assert isinstance(eos, wire.EndOfStream) and (eos.sent, eos.read, eos.dropped) == (4, 5, {"busy": 1})
+
+
+def test_meta_of_the_wrong_type_is_rejected():
+    parts = wire.encode(frame_msg())
+    for key, value in [("skipped", "3"), ("live", 1), ("fps", "25"), ("extra", 1)]:
+        header = msgpack.unpackb(parts[0])
+        header["meta"][key] = value
+        bad([msgpack.packb(header), parts[1]])

@@ -9,10 +9,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
 from stream.pipeline import metrics, transport, wire
+from stream.pipeline.roles import ACCEPTS
 
 log = logging.getLogger(__name__)
 
@@ -23,22 +25,13 @@ class Received:
     at_ns: int  # monotonic ns when this stage took it (end of its queue wait)
 
 
-# What each consuming stage takes; anything else is a bad message for it.
-ACCEPTS = {
-    "detect": {wire.FRAME, wire.EOS, wire.EVENT},
-    "embed": {wire.DETS, wire.EOS, wire.EVENT},
-    "match": {wire.FACES, wire.EOS, wire.EVENT},
-    "sink": {wire.RESULT, wire.EOS, wire.EVENT},
-}
-
-
-def receive(sock: zmq.Socket, stage: str, flags: int = 0) -> Received | None:
+def receive(sock: zmq.Socket[Any], stage: str, flags: int = 0) -> Received | None:
     """One message, decoded and validated; None (counted) when it is bad."""
     parts = transport.recv_parts(sock, flags)
     at = time.monotonic_ns()
     try:
         msg = wire.decode(parts)
-        if msg.kind not in ACCEPTS.get(stage, wire.KINDS):
+        if msg.kind not in ACCEPTS.get(stage, wire.KINDS):  # type: ignore[call-overload]  # any str
             raise wire.WireError(f"{stage} does not take {msg.kind!r} messages")
         return Received(msg, at)
     except wire.WireError as e:
@@ -48,7 +41,7 @@ def receive(sock: zmq.Socket, stage: str, flags: int = 0) -> Received | None:
 
 
 def take_batch(
-    sock: zmq.Socket,
+    sock: zmq.Socket[Any],
     stage: str,
     max_batch: int,
     max_wait_ms: float,
@@ -77,7 +70,7 @@ def take_batch(
         if got is None:
             continue
         batch.append(got)
-        if got.msg.kind not in (wire.FRAME, wire.DETS, wire.FACES):
+        if not isinstance(got.msg, wire.FrameMessage):
             break
         weight += max(1, weigh(got.msg))
         if deadline is None:

@@ -8,6 +8,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from stream.pipeline.roles import Role
+
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
     s = sub.add_parser("stage", help="run one pipeline stage alone (stages on several hosts)")
-    s.add_argument("name", choices=["capture", "detect", "embed", "match", "sink"])
+    s.add_argument("name", choices=[r.value for r in Role])
     s.add_argument("--config", type=Path, required=True)
     s.add_argument("--index", type=int, default=0, help="worker index (capture: which source)")
     s.add_argument("--metrics-port", type=int, help="serve this stage's own /metrics (when run alone)")
@@ -122,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 0
     precheck(cfg)
-    security.check(cfg, ("capture", "detect", "embed", "match", "sink"))
+    security.check(cfg, tuple(Role))
     return Supervisor(cfg).run()
 
 

@@ -43,10 +43,9 @@ from pydantic import (
 )
 
 from stream.errors import FacestreamError
+from stream.pipeline.roles import CONTROL, PORT_OFFSETS, RESULTS, UPSTREAM, Role
 from stream.registry import DEFAULT_EMBEDDER
 
-ROLES = ("capture", "detect", "embed", "match", "sink")
-PORT_OFFSETS = {"capture": 0, "detect": 100, "embed": 200, "match": 300, "results": 301}
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
@@ -203,7 +202,7 @@ class TransportConfig(_Strict):
     def host_of(self, role: str) -> str:
         """The host that runs `role` (results: match's host unless set)."""
         h = self.hosts
-        if role == "results":
+        if role == RESULTS:
             return h.results or h.match or self.host
         return getattr(h, role, None) or self.host
 
@@ -283,21 +282,23 @@ class PipelineConfig(_Strict):
         return [s.name for s in self.sources]  # type: ignore[misc]
 
     def workers(self, role: str) -> int:
-        return {"capture": len(self.sources), "detect": self.detect.workers, "embed": self.embed.workers}.get(
-            role, 1
-        )
+        return {
+            Role.CAPTURE: len(self.sources),
+            Role.DETECT: self.detect.workers,
+            Role.EMBED: self.embed.workers,
+        }.get(role, 1)  # type: ignore[call-overload]  # any str: other roles have one
 
     def endpoint(self, role: str, index: int = 0) -> str:
         """Where `role`'s worker `index` binds its output (its consumers connect there).
         Roles: capture, detect, embed, match (-> sink), results (PUB), control (supervisor -> sink).
         tcp: on the role's host (transport.hosts, else transport.host). control is always ipc in the
         supervisor's run directory: supervisor and sink share a host, so it never needs a port."""
-        if role not in PORT_OFFSETS and role != "control":
+        if role not in PORT_OFFSETS and role != CONTROL:
             raise KeyError(role)
-        if role == "results" and self.outputs.results:
+        if role == RESULTS and self.outputs.results:
             return self.outputs.results
         t = self.transport
-        if t.kind == "tcp" and role != "control":
+        if t.kind == "tcp" and role != CONTROL:
             host = t.host_of(role)
             if ":" in host:  # IPv6 literal
                 host = f"[{host}]"
@@ -309,11 +310,11 @@ class PipelineConfig(_Strict):
     def upstream(self, role: str) -> list[str]:
         """The outputs a consumer of `role`'s input connects to (on the producers' hosts). The sink
         also takes the supervisor's control messages, when there is a supervisor (a run directory)."""
-        if role == "sink":
-            control = [self.endpoint("control")] if self.transport.run_dir is not None else []
-            return [self.endpoint("match"), *control]
-        prev = {"detect": "capture", "embed": "detect", "match": "embed"}[role]
-        return [self.endpoint(prev, i) for i in range(self.workers(prev))]
+        prev = UPSTREAM[role]  # type: ignore[index]  # KeyError: a role with no input
+        outputs = [self.endpoint(prev, i) for i in range(self.workers(prev))]
+        if role == Role.SINK and self.transport.run_dir is not None:
+            outputs.append(self.endpoint(CONTROL))
+        return outputs
 
     def ring_windows(self, slots: int) -> dict[str, int]:
         """How many frames each pixel-reading role may lag behind the capture (blocking sources):
@@ -323,7 +324,11 @@ class PipelineConfig(_Strict):
         hwm, d = self.transport.hwm, self.detect
         detect = min(slots, hwm + d.workers * (hwm + d.max_batch) + 1)
         last = max(1, slots - (d.workers - 1) * (2 * hwm + d.max_batch))
-        return {"detect": detect, "embed": last, **({"sink": last} if self.outputs.record else {})}
+        return {
+            Role.DETECT: detect,
+            Role.EMBED: last,
+            **({Role.SINK: last} if self.outputs.record else {}),
+        }
 
     def ring_slots(self, frame_bytes: int) -> int:
         """transport.ring_slots, or 2 x the HWMs on the path to the last pixel reader + the batches

@@ -51,13 +51,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from stream.pipeline import wire
+from stream.pipeline.roles import PIXEL_READERS
+
+if TYPE_CHECKING:
+    from stream.pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"FSRING1\0"
-ROLES = ("detect", "embed", "sink")  # the roles that read pixels, in pipeline order
+ROLES: tuple[str, ...] = PIXEL_READERS  # the roles that read pixels, in pipeline order
 PAGE = mmap.PAGESIZE
 _HEAD = struct.Struct("<8sIIIIQQ")
 _DONE_AT, _EPOCH_AT, _STAMPS_AT = 64, 96, 128
@@ -357,10 +364,10 @@ class StagePixels:
 
     load() before using msg.frame, check() after (seqlock); a frame whose slot was overwritten is
     dropped and counted (frames_dropped_total{stage,camera,reason="overwritten"}), and the drop rides
-    on the camera's next message through this stage as meta["skipped"], so the sink's accounting
+    on the camera's next frame or end through this stage as its `skipped`, so the sink's accounting
     stays exact. done() releases the slot for this role (the capture's flow control)."""
 
-    def __init__(self, cfg, stage: str):
+    def __init__(self, cfg: PipelineConfig, stage: str):
         from stream.pipeline import metrics
 
         self.stage = stage
@@ -370,7 +377,7 @@ class StagePixels:
         self._last_log: dict[str, float] = {}  # camera -> monotonic time of its last drop warning
         self._unlogged: dict[str, int] = {}  # camera -> drops counted since then, not yet logged
 
-    def load(self, msg) -> bool:
+    def load(self, msg: wire.FrameMessage) -> bool:
         """Make msg.frame the pixels (a read-only view of the slot); False: dropped, counted."""
         ref = msg.ref
         if ref is None or msg.frame is not None:
@@ -389,7 +396,7 @@ class StagePixels:
         msg.frame = frame
         return True
 
-    def check(self, msg) -> bool:
+    def check(self, msg: wire.FrameMessage) -> bool:
         """After using msg.frame: True when the slot still held the frame (what was read is valid)."""
         ref = msg.ref
         if ref is None or self.reader is None or self.reader.valid(ref.ring, ref.slot, msg.seq):
@@ -397,22 +404,22 @@ class StagePixels:
         self._drop(msg, "overwritten")
         return False
 
-    def done(self, msg) -> None:
+    def done(self, msg: wire.Message) -> None:
         if self.reader is None:
             return
-        if msg.ref is not None:
+        if isinstance(msg, wire.FrameMessage) and msg.ref is not None:
             self.reader.done(msg.ref.ring, msg.seq)
-        elif msg.meta.get("ring") and isinstance(msg.meta["ring"], str) and NAME_RE.match(msg.meta["ring"]):
+        elif isinstance(msg, wire.EndOfStream) and msg.ring and NAME_RE.match(msg.ring):
             # A camera's end of stream (seq = frames sent): taken, which its capture waits for.
-            self.reader.done(msg.meta["ring"], msg.seq)
+            self.reader.done(msg.ring, msg.seq)
 
-    def carry(self, msg) -> None:
-        """Attach this camera's dropped frames to a message that goes on (frames, results, its end)."""
-        n = self.skipped.pop(msg.cam, 0)
-        if n:
-            msg.meta["skipped"] = int(msg.meta.get("skipped", 0)) + n
+    def carry(self, msg: wire.Message) -> None:
+        """Attach this camera's dropped frames to a message that goes on (frames, results, its end);
+        an event does not count frames, so they wait for the camera's next frame or end."""
+        if isinstance(msg, wire.FrameMessage | wire.EndOfStream):
+            msg.skipped += self.skipped.pop(msg.cam, 0)
 
-    def _drop(self, msg, reason: str, why: str | None = None) -> None:
+    def _drop(self, msg: wire.FrameMessage, reason: str, why: str | None = None) -> None:
         # Every drop is counted; the log says so at most once per camera every DROP_LOG_INTERVAL_S (a
         # fast live camera can lose hundreds of frames a second, and one line each drowns the log).
         now = time.monotonic()
@@ -431,7 +438,7 @@ class StagePixels:
         else:
             self._unlogged[msg.cam] = unlogged + 1
         self.m.frames_dropped_total.labels(self.stage, msg.cam, reason).inc()
-        self.skipped[msg.cam] = self.skipped.get(msg.cam, 0) + 1 + int(msg.meta.get("skipped", 0))
+        self.skipped[msg.cam] = self.skipped.get(msg.cam, 0) + 1 + msg.skipped
 
     def close(self) -> None:
         if self.reader is not None:

@@ -31,13 +31,13 @@ from zmq.utils import z85
 
 from stream.errors import FacestreamError
 from stream.pipeline.config import endpoint_host
+from stream.pipeline.roles import BINDERS, UPSTREAM
 
 if TYPE_CHECKING:
     from stream.pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 ZAP_DOMAIN = b"facestream"
-BINDERS = {"capture", "detect", "embed", "match"}  # the sink only connects
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -96,7 +96,7 @@ class Curve:
         if role in BINDERS:
             self.pair("server")
             self.allow_list()
-        if role != "capture":
+        if role in UPSTREAM:  # it connects to producers
             self.pair("client")
             for endpoint in cfg.upstream(role):
                 host = endpoint_host(endpoint)

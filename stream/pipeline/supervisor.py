@@ -34,6 +34,7 @@ import zmq
 from stream.errors import FacestreamError
 from stream.pipeline import framering, metrics, transport, wire
 from stream.pipeline.config import PipelineConfig
+from stream.pipeline.roles import CONTROL, Role
 from stream.pipeline.sources import check, is_live, without_url
 from stream.pipeline.stages.base import EXIT_FATAL, EXIT_OK, EXIT_SOURCE_FAILED
 from stream.pipeline.stages.capture import opened_mark
@@ -46,7 +47,7 @@ STOP_TIMEOUT_S = 5.0
 
 @dataclass
 class Child:
-    role: str
+    role: Role
     index: int
     proc: subprocess.Popen | None = None
     restarts: deque[float] = field(default_factory=deque)
@@ -137,17 +138,17 @@ class Supervisor:
             if path is not None:
                 path.write_text("")  # truncate; the sink appends (so a restarted sink continues)
         self._ctx = zmq.Context()
-        self._control = transport.socket(self._ctx, zmq.PUSH, bind=cfg.endpoint("control"), hwm=100)
+        self._control = transport.socket(self._ctx, zmq.PUSH, bind=cfg.endpoint(CONTROL), hwm=100)
 
-        workers = [Child("sink", 0), Child("match", 0)]
-        workers += [Child("embed", i) for i in range(cfg.embed.workers)]
-        workers += [Child("detect", i) for i in range(cfg.detect.workers)]
+        workers = [Child(Role.SINK, 0), Child(Role.MATCH, 0)]
+        workers += [Child(Role.EMBED, i) for i in range(cfg.embed.workers)]
+        workers += [Child(Role.DETECT, i) for i in range(cfg.detect.workers)]
         self.children = workers
         for c in workers:
             self._spawn(c)
         if not self._wait_ready(workers):
             return 0  # interrupted while loading: nothing processed, nothing to report
-        captures = [Child("capture", i) for i in range(len(cfg.sources))]
+        captures = [Child(Role.CAPTURE, i) for i in range(len(cfg.sources))]
         self.children += captures
         for c in captures:
             self._spawn(c)
@@ -203,11 +204,11 @@ class Supervisor:
             metrics.mark_process_dead(c.proc.pid)
             if rc == EXIT_FATAL:
                 raise FacestreamError(self._fatal_message(c) or f"stage {c.name} could not start")
-            if c.role == "sink" and rc == EXIT_OK:
+            if c.role == Role.SINK and rc == EXIT_OK:
                 c.finished = True
                 return True
             stopped = self.signals or self.stopping_captures  # on purpose, by us (or with us: systemd)
-            if c.role == "capture" and (rc in (EXIT_OK, EXIT_SOURCE_FAILED) or stopped):
+            if c.role == Role.CAPTURE and (rc in (EXIT_OK, EXIT_SOURCE_FAILED) or stopped):
                 c.finished = True  # done, failed for good, or stopped on purpose by us
                 if rc == EXIT_SOURCE_FAILED:
                     self._source_failed(c)
@@ -226,7 +227,7 @@ class Supervisor:
         arrives through the pipeline; this notice is the fallback that lets the run end when that
         message cannot come (capture killed) -- the sink then ends the camera once it goes quiet."""
         cam = self.cfg.cameras[c.index]
-        notice = wire.eos_message(cam, 0, exited=True, error=error)
+        notice = wire.CaptureGone(cam=cam, seq=0, wall=time.time(), error=error)
         if self._sink_done():
             return  # it took the camera's own end-of-stream and has stopped reading: nothing to tell
         if not transport.try_send(self._control, notice, timeout_ms=1000) and not self._sink_done():
@@ -234,13 +235,13 @@ class Supervisor:
 
     def _sink_done(self) -> bool:
         """The sink has ended (it writes summary.json as it closes, then exits)."""
-        sink = next((c for c in self.children if c.role == "sink"), None)
+        sink = next((c for c in self.children if c.role == Role.SINK), None)
         exited = sink is not None and sink.proc is not None and sink.proc.poll() is not None
         return exited or (self.run_dir / "summary.json").exists()
 
     def _restart(self, c: Child, rc: int) -> None:
         how = f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
-        src = self.cfg.sources[c.index] if c.role == "capture" else None
+        src = self.cfg.sources[c.index] if c.role == Role.CAPTURE else None
         if src is not None and not is_live(src.url):
             # A file cannot resume mid-way: report it, and end that camera for the sink.
             c.finished = True
@@ -279,8 +280,8 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         # Sink last-but-gently: it flushes its files on SIGTERM.
-        self._terminate([c for c in self.children if c.role != "sink"])
-        self._terminate([c for c in self.children if c.role == "sink"])
+        self._terminate([c for c in self.children if c.role != Role.SINK])
+        self._terminate([c for c in self.children if c.role == Role.SINK])
         for c in self.children:
             if c.proc is not None:
                 metrics.mark_process_dead(c.proc.pid)
@@ -291,7 +292,7 @@ class Supervisor:
         # The sink may end (it got the failed camera's end-of-stream) before _watch sees that capture
         # exit, and our SIGTERM may then catch it in interpreter shutdown: its line is the evidence.
         for c in self.children:
-            if c.role == "capture" and self._fatal_message(c):
+            if c.role == Role.CAPTURE and self._fatal_message(c):
                 self._source_failed(c)
         summary = self.summary()
         print(format_summary(summary), file=sys.stderr)

@@ -9,21 +9,30 @@ import zmq
 
 from stream.errors import FacestreamError
 from stream.pipeline.config import PipelineConfig
-from stream.pipeline.stages.base import EXIT_FATAL, Stop, report_fatal
+from stream.pipeline.roles import MODULES, Role
+from stream.pipeline.stages.base import EXIT_FATAL, Stage, Stop, report_fatal
 
 log = logging.getLogger(__name__)
-MODULES = {"capture": "capture", "detect": "detect", "embed": "embed", "match": "match", "sink": "sinks"}
+
+
+def stage_class(role: Role) -> type[Stage]:
+    """The Stage subclass of `role`, from its module (roles.MODULES)."""
+    module = importlib.import_module(f"stream.pipeline.stages.{MODULES[role]}")
+    for obj in vars(module).values():
+        if isinstance(obj, type) and issubclass(obj, Stage) and getattr(obj, "role", None) == role:
+            return obj
+    raise FacestreamError(f"stream.pipeline.stages.{MODULES[role]} has no {role} stage")
 
 
 def run_stage(role: str, cfg: PipelineConfig, index: int = 0) -> int:
-    if role not in MODULES:
-        raise FacestreamError(f"unknown stage {role!r} (one of: {', '.join(MODULES)})")
-    if role == "capture" and not 0 <= index < len(cfg.sources):
+    if role not in set(Role):
+        raise FacestreamError(f"unknown stage {role!r} (one of: {', '.join(Role)})")
+    role = Role(role)
+    if role == Role.CAPTURE and not 0 <= index < len(cfg.sources):
         raise FacestreamError(f"capture --index {index}: the config has {len(cfg.sources)} sources")
     stop = Stop().install()
-    module = importlib.import_module(f"stream.pipeline.stages.{MODULES[role]}")
     try:
-        return int(module.run(cfg, index, stop) or 0)
+        return stage_class(role)(cfg, index, stop).run()
     except FacestreamError as e:
         report_fatal(cfg, role, index, f"{role}-{index}: {e}")
         return EXIT_FATAL

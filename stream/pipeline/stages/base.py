@@ -1,5 +1,11 @@
-"""What every stage process shares: exit codes, stop signals, parent-death, readiness and fatal
-reports to the supervisor, blocking sends that still notice a stop."""
+"""What every stage process shares: the `Stage` base (its lifecycle, once), exit codes, stop signals,
+parent-death, readiness and fatal reports to the supervisor, blocking sends that still notice a stop.
+
+A stage's life: `load()` (models, warm-up: slow, before any socket) -> context and `open()` (its
+sockets, made with `input()` / `output()`; the frame-ring pixels are ready when its role reads them) ->
+the ready marker -> `serve()` (by default: `step()` until stopped or `finished()`) -> teardown
+(`close()`, then the sockets, each with its linger, then the context). A stage implements what it
+does to one message or batch; `run_stage` (stages/__init__.py) picks the class by role."""
 
 from __future__ import annotations
 
@@ -10,12 +16,14 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 import zmq
 
 from stream.cpu import cpu_info
-from stream.pipeline import transport, wire
+from stream.pipeline import framering, metrics, transport, wire
 from stream.pipeline.config import PipelineConfig
+from stream.pipeline.roles import PIXEL_READERS, Role
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,113 @@ def _die_with_parent() -> None:
         pass
 
 
+class Stage:
+    """One stage process's lifecycle; subclasses set `role` and implement `step` (or `serve`)."""
+
+    role: ClassVar[Role]
+
+    def __init__(self, cfg: PipelineConfig, index: int, stop: Stop) -> None:
+        self.cfg = cfg
+        self.index = index
+        self.stop = stop
+        self.m = metrics.get()
+        self.ctx: transport.Context | None = None
+        self.pixels: framering.StagePixels | None = None
+        self._sockets: list[tuple[zmq.Socket[Any], int | None]] = []
+
+    @property
+    def name(self) -> str:
+        return name(self.role, self.index)
+
+    # ----- what a stage implements ----------------------------------------------------------------
+    def load(self) -> None:
+        """Models and warm-up, before any socket exists (slow; a failure here is fatal)."""
+
+    def open(self) -> None:
+        """Make the sockets (input(), output()); by default the input from upstream and the output."""
+        self.inp = self.input()
+        self.out = self.output()
+
+    def step(self) -> None:
+        """Handle what is waiting (one message or one batch); return soon when nothing is."""
+        raise NotImplementedError
+
+    def finished(self) -> bool:
+        """True ends the stage by itself (the sink, when every camera has ended)."""
+        return False
+
+    def serve(self) -> int:
+        """The main loop; returns the exit code."""
+        while not self.stop and not self.finished():
+            self.step()
+        return EXIT_OK
+
+    def close(self) -> None:
+        """The stage's own resources (files, rings), before its sockets close."""
+
+    def ready_line(self) -> str | None:
+        return None
+
+    # ----- sockets ---------------------------------------------------------------------------------
+    def input(self, hwm: int | None = None) -> zmq.Socket[Any]:
+        """PULL, connected to every output of the upstream role (and, for the sink, the control)."""
+        hwm = self.cfg.transport.hwm if hwm is None else hwm
+        return self._socket(zmq.PULL, connect=self.cfg.upstream(self.role), hwm=hwm, linger_ms=0)
+
+    def output(
+        self,
+        kind: int = zmq.PUSH,
+        endpoint: str | None = None,
+        hwm: int | None = None,
+        linger_ms: int = 2000,
+        linger_on_stop: int | None = 0,
+    ) -> zmq.Socket[Any]:
+        """A bound output (default: this worker's endpoint). Closed with linger_ms, or with
+        linger_on_stop after a stop (0: drop what is queued; None: linger_ms all the same)."""
+        endpoint = self.cfg.endpoint(self.role, self.index) if endpoint is None else endpoint
+        hwm = self.cfg.transport.hwm if hwm is None else hwm
+        return self._socket(kind, bind=endpoint, hwm=hwm, linger_ms=linger_ms, linger_on_stop=linger_on_stop)
+
+    def _socket(self, kind: int, *, linger_on_stop: int | None = 0, **kwargs: object) -> zmq.Socket[Any]:
+        assert self.ctx is not None, "sockets are made in open()"
+        sock = transport.socket(self.ctx, kind, **kwargs)  # type: ignore[arg-type]
+        self._sockets.append((sock, linger_on_stop))
+        return sock
+
+    def send(self, sock: zmq.Socket[Any], msg: wire.Message) -> bool:
+        """Blocking send (backpressure) that gives up on stop."""
+        return send_blocking(sock, msg, self.stop)
+
+    # ----- the lifecycle, once ----------------------------------------------------------------------
+    def run(self) -> int:
+        self.load()
+        self.ctx = transport.context(self.cfg)
+        try:
+            if self.role in PIXEL_READERS:
+                self.pixels = framering.StagePixels(self.cfg, self.role)
+            self.open()
+            report_ready(self.cfg, self.role, self.index)
+            line = self.ready_line()
+            if line:
+                log.info("%s", line)
+            return self.serve()
+        finally:
+            self._teardown()
+
+    def _teardown(self) -> None:
+        try:
+            self.close()
+            if self.pixels is not None:
+                self.pixels.close()
+        finally:
+            stopped = bool(self.stop)
+            for sock, linger_on_stop in self._sockets:
+                sock.close(linger=linger_on_stop if stopped else None)
+            self._sockets.clear()
+            if self.ctx is not None:
+                self.ctx.term()
+
+
 def name(role: str, index: int) -> str:
     return f"{role}-{index}"
 
@@ -72,7 +187,15 @@ def report_fatal(cfg: PipelineConfig, role: str, index: int, message: str) -> No
         log.error("%s", message)
 
 
-def send_blocking(sock: zmq.Socket, msg: wire.Message, stop: Stop, timeout_s: float | None = None) -> bool:
+class StopFlag(Protocol):
+    """Anything that says whether to stop (a Stop, or a flag that never fires)."""
+
+    def __bool__(self) -> bool: ...
+
+
+def send_blocking(
+    sock: zmq.Socket[Any], msg: wire.Message, stop: StopFlag, timeout_s: float | None = None
+) -> bool:
     """Wait for a downstream peer with room (backpressure), but give up on stop or timeout."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
@@ -88,11 +211,11 @@ def stage_threads(cfg: PipelineConfig, role: str) -> int:
     threads sleep rather than spin when idle (OMP_WAIT_POLICY=PASSIVE from the supervisor, ONNX
     Runtime spinning off): with spinning, detect's CPU time grew ~20x on 2 cores. Measured on the
     1080p clip, 2 cores: detect 2 threads + passive 10.2 frames/s vs 1 thread 8.4."""
-    configured = cfg.detect.threads if role == "detect" else cfg.embed.threads
+    configured = cfg.detect.threads if role == Role.DETECT else cfg.embed.threads
     if configured:
         return configured
     cores = cpu_info().logical_cpus  # what this process may use (containers, taskset), not the machine
-    if role == "detect":
+    if role == Role.DETECT:
         return max(1, cores // cfg.detect.workers)
     return max(1, cores // (2 * cfg.embed.workers))
 

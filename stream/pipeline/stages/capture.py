@@ -15,22 +15,33 @@ import time
 from collections import Counter, deque
 from pathlib import Path
 
+import numpy as np
 import zmq
 
-from stream.pipeline import framering, metrics, transport, wire
+from stream.pipeline import framering, transport, wire
 from stream.pipeline.config import PipelineConfig
-from stream.pipeline.sources import Backoff, LiveFeed, SourceError, open_source, sleep_until, without_url
+from stream.pipeline.roles import Role
+from stream.pipeline.sources import (
+    Backoff,
+    FolderSource,
+    LiveFeed,
+    SourceError,
+    VideoSource,
+    open_source,
+    sleep_until,
+    without_url,
+)
 from stream.pipeline.stages.base import (
     EXIT_OK,
     EXIT_SOURCE_FAILED,
+    Stage,
     Stop,
     report_fatal,
-    report_ready,
     send_blocking,
 )
 
 log = logging.getLogger(__name__)
-STAGE = "capture"
+STAGE = Role.CAPTURE
 
 
 def opened_mark(run_dir: Path, index: int) -> Path:
@@ -40,32 +51,43 @@ def opened_mark(run_dir: Path, index: int) -> Path:
     return run_dir / f"opened-capture-{index}"
 
 
-class Capture:
+class Capture(Stage):
+    role = Role.CAPTURE
+
     def __init__(self, cfg: PipelineConfig, index: int, stop: Stop):
-        self.cfg = cfg
-        self.index = index
+        super().__init__(cfg, index, stop)
         self.src = cfg.sources[index]
         self.cam: str = self.src.name  # type: ignore[assignment]
-        self.stop = stop
-        self.m = metrics.get()
         self.sent = 0
         self.dropped: Counter[str] = Counter()
         self.pending_events: deque[wire.Message] = deque()
-        self.ctx = transport.context(cfg)
-        # Linger forever: the last frames and the end-of-stream may sit in the queue for a while when
-        # detect is busy with other cameras; exiting must not discard them (the supervisor bounds it).
-        self.out = transport.socket(
-            self.ctx, zmq.PUSH, bind=cfg.endpoint("capture", index), hwm=cfg.transport.hwm, linger_ms=-1
-        )
         self._up: bool | None = None
+        self.ring: framering.RingWriter | None = None
         # Down until it opens: a scrape during the first retries shows the camera, at 0.
         self.m.camera_up.labels(self.cam).set(0)
+
+    def open(self) -> None:
+        # Linger forever, even after a stop: the last frames and the end-of-stream may sit in the queue
+        # for a while when detect is busy with other cameras; exiting must not discard them (the
+        # supervisor bounds it).
+        self.out = self.output(linger_ms=-1, linger_on_stop=None)
         # One host: pixels go into this camera's shared-memory ring, headers carry references.
-        self.ring = (
-            framering.RingWriter(cfg.transport.shm_dir, index, cfg.ring_slots)  # type: ignore[arg-type]
-            if cfg.transport.use_shm
-            else None
-        )
+        if self.cfg.transport.use_shm:
+            self.ring = framering.RingWriter(
+                self.cfg.transport.shm_dir,  # type: ignore[arg-type]
+                self.index,
+                self.cfg.ring_slots,
+            )
+        self.source = open_source(self.src.url, self.src.fps)
+
+    def serve(self) -> int:
+        if isinstance(self.source, VideoSource) and self.source.live:
+            return self.run_live(self.source)
+        return self.run_file(self.source)
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
 
     # ----- state, events -----------------------------------------------------------------------
     @property
@@ -102,35 +124,37 @@ class Capture:
 
     def emit(
         self,
-        frame,
+        frame: np.ndarray,
         seq: int,
         fps: float | None,
         pts: float | None = None,
         live: bool = False,
         wait: bool = False,
-    ) -> wire.Message:
+    ) -> wire.Frame:
         """pts: the frame's time in the video (files), for tracking; live frames use wall time.
         live: latest-frame semantics downstream (a busy detector skips to the newest frame).
         wait: blocking backpressure: with a ring, wait until the readers are within their windows
         (framering.py: tiny headers are not held back by the HWMs)."""
-        meta: dict = {"fps": fps} if pts is None else {"fps": fps, "pts": pts}
-        if live:
-            meta["live"] = True
+
+        def message(pixels: np.ndarray | None, ref: wire.FrameRef | None = None) -> wire.Frame:
+            return wire.frame_message(self.cam, seq, pixels, ref, fps=fps, pts=pts, live=live)
+
         if self.ring is not None:
             try:
                 self.ring.prepare(frame.shape)
             except framering.RingError as e:
                 log.warning("camera %s: %s; sending this frame inline", self.cam, e)
-                return wire.frame_message(self.cam, seq, frame, **meta)
+                return message(frame)
             if wait:
                 windows = self.cfg.ring_windows(self.ring.ring.slots)  # type: ignore[union-attr]
                 timeout = self.cfg.capture.send_timeout_s
                 if not self.ring.wait_room(seq, windows, self.stop, timeout) and not self.stop:
                     log.warning("camera %s: readers %.0fs behind the ring; overwriting", self.cam, timeout)
             name, slot = self.ring.write(frame, seq)
-            ref = wire.FrameRef(name, slot, tuple(frame.shape))  # type: ignore[arg-type]
-            return wire.frame_message(self.cam, seq, None, ref=ref, **meta)
-        return wire.frame_message(self.cam, seq, frame, **meta)
+            h, w, c = frame.shape
+            ref = wire.FrameRef(name, slot, (h, w, c))
+            return message(None, ref)
+        return message(frame)
 
     def sent_one(self) -> None:
         self.sent += 1
@@ -140,9 +164,9 @@ class Capture:
         self.flush_events()
         for ev in list(self.pending_events):
             send_blocking(self.out, ev, self.stop, timeout_s=5)
-        ring = {"ring": self.ring.name} if self.ring is not None and self.ring.name else {}
+        ring = self.ring.name if self.ring is not None and self.ring.name else None
         eos = wire.eos_message(
-            self.cam, self.sent, read=read, dropped=dict(self.dropped), error=error, **ring
+            self.cam, self.sent, read=read, dropped=dict(self.dropped), error=error, ring=ring
         )
         if not send_blocking(self.out, eos, _Never(), timeout_s=self.cfg.capture.send_timeout_s):
             log.error("camera %s: nobody took the end-of-stream message", self.cam)
@@ -156,7 +180,7 @@ class Capture:
         return EXIT_SOURCE_FAILED
 
     # ----- files ----------------------------------------------------------------------------------
-    def run_file(self, source) -> int:
+    def run_file(self, source: VideoSource | FolderSource) -> int:
         try:
             source.open()
         except SourceError as e:
@@ -202,7 +226,7 @@ class Capture:
         return EXIT_OK
 
     # ----- live -----------------------------------------------------------------------------------
-    def run_live(self, source) -> int:
+    def run_live(self, source: VideoSource) -> int:
         c = self.cfg.capture
         reconnects = self.m.camera_reconnects_total.labels(self.cam)
         mark = self._opened_mark
@@ -250,16 +274,3 @@ class _Never:
 
     def __bool__(self) -> bool:
         return False
-
-
-def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
-    cap = Capture(cfg, index, stop)
-    source = open_source(cap.src.url, cap.src.fps)
-    report_ready(cfg, STAGE, index)
-    try:
-        return cap.run_live(source) if source.live else cap.run_file(source)
-    finally:
-        cap.out.close()
-        cap.ctx.term()
-        if cap.ring is not None:
-            cap.ring.close()

@@ -8,16 +8,23 @@ import dataclasses
 import logging
 import math
 import time
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import zmq
 
-from stream.pipeline import metrics, transport, wire
+from stream.pipeline import transport, wire
 from stream.pipeline.batching import receive
 from stream.pipeline.config import PipelineConfig
-from stream.pipeline.stages.base import Stop, report_ready, send_blocking
+from stream.pipeline.roles import RESULTS, Role
+from stream.pipeline.stages.base import Stage
+
+if TYPE_CHECKING:
+    from stream.gallery.matcher import Matcher
+    from stream.gallery.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
-STAGE = "match"
+STAGE = Role.MATCH
 
 
 class Namer:
@@ -27,7 +34,7 @@ class Namer:
         from stream.registry import get_spec
 
         self.cfg = cfg
-        self.matcher = None
+        self.matcher: Matcher | None = None
         threshold = cfg.match.threshold if cfg.match.threshold is not None else get_spec(cfg.model).threshold
         if cfg.gallery is not None:
             from stream.gallery.matcher import Matcher
@@ -36,10 +43,10 @@ class Namer:
             threshold = self.matcher.threshold
             log.info("gallery %s: %d samples, threshold %.3f", cfg.gallery, self.matcher.size, threshold)
         self.threshold = threshold
-        self.trackers: dict = {}
+        self.trackers: dict[str, FaceTracker] = {}
         self._next_refresh = time.monotonic() + cfg.match.refresh_s
 
-    def tracker(self, cam: str):
+    def tracker(self, cam: str) -> FaceTracker:
         from stream.gallery.tracking import FaceTracker
 
         if cam not in self.trackers:
@@ -57,107 +64,90 @@ class Namer:
         except Exception as e:  # noqa: BLE001 - a gallery mid-rewrite: keep the old one, retry later
             log.warning("gallery refresh failed: %s", e)
 
-    def name(self, msg: wire.Message) -> tuple[list[dict], list[dict]]:
+    def name(self, msg: wire.Faces) -> tuple[wire.Result, list[dict[str, Any]]]:
+        """The frame's result (its faces with tracks, names and distances) and the track events."""
         from stream.gallery.matcher import Match
 
-        emb = msg.arrays["embeddings"]
-        boxes = msg.arrays["boxes"]
+        dets = msg.dets
+        emb = dets.embeddings if dets.embeddings is not None else np.zeros((len(dets), 0), np.float32)
         if self.matcher is not None and len(emb):
             matches = self.matcher.match(emb)
         else:
             matches = [Match(None, math.inf, None) for _ in range(len(emb))]
         # Track time: the video's own clock for files (pts), capture wall time for live cameras.
-        tracked, events = self.tracker(msg.cam).update(float(msg.meta.get("pts", msg.wall)), boxes, matches)
-        faces = []
-        scores, landmarks = msg.arrays["scores"], msg.arrays["landmarks"]
-        for i, tf in enumerate(tracked):
-            faces.append(
-                {
-                    "box": [round(float(x), 2) for x in boxes[i]],
-                    "score": round(float(scores[i]), 5),
-                    "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in landmarks[i]],
-                    "track": int(tf.track),
-                    "name": tf.name,
-                    "distance": round(float(tf.distance), 5) if math.isfinite(tf.distance) else None,
-                }
-            )
-        return faces, [e.to_dict() for e in events]
+        t = msg.pts if msg.pts is not None else msg.wall
+        tracked, events = self.tracker(msg.cam).update(t, dets.boxes, matches)
+        named = dets.with_columns(
+            tracks=np.array([tf.track for tf in tracked], np.int32),
+            names=[tf.name for tf in tracked],
+            distances=np.array([tf.distance for tf in tracked], np.float64),
+        )
+        return msg.to(wire.Result, dets=named), [e.to_dict() for e in events]
 
-    def end(self, cam: str, t: float) -> list[dict]:
+    def end(self, cam: str, t: float) -> list[dict[str, Any]]:
         tracker = self.trackers.pop(cam, None)
         return [e.to_dict() for e in tracker.flush(t)] if tracker is not None else []
 
 
-def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
-    namer = Namer(cfg)
-    m = metrics.get()
-    ctx = transport.context(cfg)
-    hwm = cfg.transport.hwm
-    inp = transport.socket(ctx, zmq.PULL, connect=cfg.upstream(STAGE), hwm=hwm, linger_ms=0)
-    sink = transport.socket(ctx, zmq.PUSH, bind=cfg.endpoint(STAGE), hwm=max(hwm, 16), linger_ms=2000)
-    pub = transport.socket(
-        ctx, zmq.PUB, bind=cfg.endpoint("results"), hwm=cfg.transport.results_hwm, linger_ms=0
-    )
-    report_ready(cfg, STAGE, index)
-    log.info("match ready")
+class Match(Stage):
+    role = Role.MATCH
 
-    def emit(msg: wire.Message) -> None:
-        send_blocking(sink, msg, stop)
+    def load(self) -> None:
+        self.namer = Namer(self.cfg)
+
+    def open(self) -> None:
+        t = self.cfg.transport
+        self.inp = self.input()
+        self.sink = self.output(hwm=max(t.hwm, 16), linger_on_stop=0)
+        self.pub = self.output(
+            zmq.PUB, self.cfg.endpoint(RESULTS), hwm=t.results_hwm, linger_ms=0, linger_on_stop=0
+        )
+
+    def ready_line(self) -> str:
+        return "match ready"
+
+    def emit(self, msg: wire.Message) -> None:
+        self.send(self.sink, msg)
         # Dashboards get results, not pixels: no frame, and no ring reference they could not map.
-        light = dataclasses.replace(msg, frame=None, ref=None) if msg.frame is not None or msg.ref else msg
+        light = msg
+        if isinstance(msg, wire.FrameMessage) and (msg.frame is not None or msg.ref):
+            light = dataclasses.replace(msg, frame=None, ref=None)
         try:  # dashboards are best-effort: a slow subscriber loses messages, never slows us
-            transport.send(pub, light, zmq.NOBLOCK)
+            transport.send(self.pub, light, zmq.NOBLOCK)
         except zmq.Again:
             pass
 
-    def emit_events(cam: str, events: list[dict]) -> None:
+    def emit_events(self, cam: str, events: list[dict[str, Any]]) -> None:
         for ev in events:
-            emit(wire.event_message(cam, ev))
+            self.emit(wire.event_message(cam, ev))
 
-    try:
-        while not stop:
-            namer.refresh()
-            if not inp.poll(200, zmq.POLLIN):
-                continue
-            got = receive(inp, STAGE, zmq.NOBLOCK)
-            if got is None:
-                continue
-            msg = got.msg
-            if msg.kind == wire.FACES:
-                if "embed_out" in msg.t:
-                    m.queue_wait_seconds.labels(STAGE).observe((got.at_ns - msg.t["embed_out"]) / 1e9)
-                start = got.at_ns
-                msg.t["match_in"] = start
-                faces, events = namer.name(msg)
-                msg.stamp("match_out")
-                m.stage_seconds.labels(STAGE, msg.cam).observe((msg.t["match_out"] - start) / 1e9)
-                m.frames_total.labels(STAGE, msg.cam).inc()
-                if "capture" in msg.t:
-                    m.e2e_latency_seconds.labels(msg.cam).observe(
-                        (msg.t["match_out"] - msg.t["capture"]) / 1e9
-                    )
-                m.faces_total.labels(msg.cam).inc(len(faces))
-                for f in faces:
-                    m.matches_total.labels(msg.cam, "known" if f["name"] else "unknown").inc()
-                result = wire.Message(
-                    wire.RESULT,
-                    msg.cam,
-                    msg.seq,
-                    msg.t,
-                    msg.wall,
-                    frame=msg.frame,
-                    meta={**msg.meta, "faces": faces},
-                    ref=msg.ref,  # the recorder's pixels: still in the ring (one host)
-                )
-                emit(result)
-                emit_events(msg.cam, events)
-            elif msg.kind == wire.EOS:
-                emit_events(msg.cam, namer.end(msg.cam, time.time()))
-                emit(msg)
-            else:
-                emit(msg)
-    finally:
-        for sock in (inp, sink, pub):
-            sock.close(linger=0 if stop else None)
-        ctx.term()
-    return 0
+    def step(self) -> None:
+        self.namer.refresh()
+        if not self.inp.poll(200, zmq.POLLIN):
+            return
+        got = receive(self.inp, self.role, zmq.NOBLOCK)
+        if got is None:
+            return
+        msg, m = got.msg, self.m
+        if isinstance(msg, wire.Faces):
+            if "embed_out" in msg.t:
+                m.queue_wait_seconds.labels(STAGE).observe((got.at_ns - msg.t["embed_out"]) / 1e9)
+            start = got.at_ns
+            msg.t["match_in"] = start
+            result, events = self.namer.name(msg)  # the recorder's pixels: still in the ring (one host)
+            msg.stamp("match_out")
+            m.stage_seconds.labels(STAGE, msg.cam).observe((msg.t["match_out"] - start) / 1e9)
+            m.frames_total.labels(STAGE, msg.cam).inc()
+            if "capture" in msg.t:
+                m.e2e_latency_seconds.labels(msg.cam).observe((msg.t["match_out"] - msg.t["capture"]) / 1e9)
+            names = result.dets.names or []
+            m.faces_total.labels(msg.cam).inc(len(names))
+            for name in names:
+                m.matches_total.labels(msg.cam, "known" if name else "unknown").inc()
+            self.emit(result)
+            self.emit_events(msg.cam, events)
+        elif isinstance(msg, wire.EndOfStream):
+            self.emit_events(msg.cam, self.namer.end(msg.cam, time.time()))
+            self.emit(msg)
+        else:
+            self.emit(msg)

@@ -9,20 +9,21 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import cv2
 import numpy as np
 import zmq
 
-from stream.pipeline import framering, transport, wire
+from stream.pipeline import framering, wire
 from stream.pipeline.batching import receive
 from stream.pipeline.config import PipelineConfig
-from stream.pipeline.stages.base import Stop, report_ready
+from stream.pipeline.roles import Role
+from stream.pipeline.stages.base import Stage
 from stream.pipeline.summary import Stats
 
 log = logging.getLogger(__name__)
-STAGE = "sink"
+STAGE = Role.SINK
 QUIET_S = 5.0  # without an end-of-stream message: silence that ends a camera whose capture exited
 
 
@@ -34,12 +35,12 @@ class CameraState:
     exited_at: float | None = None  # the supervisor saw the capture exit (fallback, see finished())
     last_at: float = 0.0
     error: str | None = None
-    dropped: dict | None = None
+    dropped: dict[str, int] | None = None
     stale: int = 0  # live frames a busy detector skipped (accounted on the next frame it kept)
 
 
-def draw(frame: np.ndarray, faces: list[dict]) -> np.ndarray:
-    """BGR copy of an RGB frame with boxes, names and distances drawn."""
+def draw(frame: np.ndarray, faces: list[dict[str, Any]]) -> np.ndarray:
+    """BGR copy of an RGB frame with boxes, names and distances drawn (faces as in the --out line)."""
     img = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
     for f in faces:
         x1, y1, x2, y2 = (int(round(v)) for v in f["box"])
@@ -64,7 +65,7 @@ class Recorder:
             return self.path
         return self.path.with_name(f"{self.path.stem}-{cam}{self.path.suffix}")
 
-    def write(self, cam: str, frame: np.ndarray, faces: list[dict], fps: float | None) -> None:
+    def write(self, cam: str, frame: np.ndarray, faces: list[dict[str, Any]], fps: float | None) -> None:
         self.write_bgr(cam, draw(frame, faces), fps)
 
     def write_bgr(self, cam: str, img: np.ndarray, fps: float | None) -> None:
@@ -81,7 +82,9 @@ class Recorder:
 
 
 class Sink:
-    def __init__(self, cfg: PipelineConfig):
+    """What the sink does with each message (SinkStage runs it)."""
+
+    def __init__(self, cfg: PipelineConfig, pixels: framering.StagePixels | None = None):
         self.cfg = cfg
         self.cams = {c: CameraState() for c in cfg.cameras}
         self.stats = Stats()
@@ -89,16 +92,17 @@ class Sink:
         self.out: IO[str] | None = _open(cfg.outputs.out)
         self.events: IO[str] | None = _open(cfg.outputs.events)
         self.recorder = Recorder(cfg.outputs.record, cfg.cameras) if cfg.outputs.record else None
-        self.pixels = framering.StagePixels(cfg, STAGE)
+        self._own_pixels = pixels is None
+        self.pixels = framering.StagePixels(cfg, STAGE) if pixels is None else pixels
 
     def handle(self, msg: wire.Message) -> None:
         cam = self.cams.setdefault(msg.cam, CameraState())
         now = time.monotonic()
-        if msg.kind == wire.RESULT:
+        if isinstance(msg, wire.Result):
             cam.received += 1
-            cam.stale += int(msg.meta.get("skipped", 0))
+            cam.stale += msg.skipped
             cam.last_at = now
-            faces = msg.meta.get("faces", [])
+            faces = wire.faces_json(msg.dets)
             lat = self.stats.add(msg.cam, msg.t, len(faces))
             line = {
                 "camera": msg.cam,
@@ -107,39 +111,40 @@ class Sink:
                 "faces": faces,
                 "latency_ms": lat,
             }
-            if msg.meta.get("error"):
-                line["error"] = msg.meta["error"]
+            if msg.error:
+                line["error"] = msg.error
             if self.out:
                 self.out.write(json.dumps(line, separators=(",", ":")) + "\n")
             if self.recorder and msg.has_pixels:
                 self.record(msg, faces)
             self.pixels.done(msg)
-        elif msg.kind == wire.EVENT:
+        elif isinstance(msg, wire.Event):
             if self.events:
-                self.events.write(json.dumps(msg.meta.get("event", {}), separators=(",", ":")) + "\n")
-        elif msg.kind == wire.EOS and msg.meta.get("exited"):
+                self.events.write(json.dumps(msg.event, separators=(",", ":")) + "\n")
+        elif isinstance(msg, wire.CaptureGone):
             cam.exited_at = now
-            cam.error = cam.error or msg.meta.get("error")
-        elif msg.kind == wire.EOS:
-            cam.stale += int(msg.meta.get("skipped", 0))  # frames a stage dropped just before the end
-            cam.sent = int(msg.meta.get("sent", msg.seq))
+            cam.error = cam.error or msg.error
+        elif isinstance(msg, wire.EndOfStream):
+            cam.stale += msg.skipped  # frames a stage dropped just before the end
+            cam.sent = msg.sent
             cam.eos_at = now
-            cam.error = msg.meta.get("error")
-            cam.dropped = msg.meta.get("dropped")
+            cam.error = msg.error
+            cam.dropped = msg.dropped
             if cam.error:
                 log.info("camera %s failed: %s", msg.cam, cam.error)  # the supervisor reports it: once
 
-    def record(self, msg: wire.Message, faces: list[dict]) -> None:
+    def record(self, msg: wire.Result, faces: list[dict[str, Any]]) -> None:
         """Annotate and write the frame. Ring pixels: drawn on a copy, which is written only if the slot
         still held this frame after copying (else no video frame, counted as overwritten)."""
         if not self.pixels.load(msg):
             self.pixels.skipped.pop(msg.cam, None)  # the result itself was written: not a missing frame
             return
+        assert msg.frame is not None and self.recorder is not None  # loaded; record() only with one
         img = draw(msg.frame, faces)
         if not self.pixels.check(msg):
             self.pixels.skipped.pop(msg.cam, None)
             return
-        self.recorder.write_bgr(msg.cam, img, msg.meta.get("fps"))  # type: ignore[union-attr]
+        self.recorder.write_bgr(msg.cam, img, msg.fps)
 
     def finished(self) -> bool:
         """Every camera ended, and its frames arrived (or stopped arriving: lost with a killed worker)."""
@@ -158,7 +163,7 @@ class Sink:
                 return False
         return True
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         s = self.stats.to_dict()
         s["cameras"] = list(self.cams)
         s["sent"] = {c: st.sent for c, st in self.cams.items()}
@@ -181,7 +186,8 @@ class Sink:
                 f.close()
         if self.recorder:
             self.recorder.close()
-        self.pixels.close()
+        if self._own_pixels:
+            self.pixels.close()
         if self.cfg.transport.run_dir is not None:
             path = Path(self.cfg.transport.run_dir) / "summary.json"
             tmp = path.with_suffix(".tmp")
@@ -194,20 +200,23 @@ def _open(path: Path | None) -> IO[str] | None:
     return open(path, "a", buffering=1, encoding="utf-8") if path else None
 
 
-def run(cfg: PipelineConfig, index: int, stop: Stop) -> int:
-    sink = Sink(cfg)
-    ctx = transport.context(cfg)
-    inp = transport.socket(ctx, zmq.PULL, connect=cfg.upstream(STAGE), hwm=16, linger_ms=0)
-    report_ready(cfg, STAGE, index)
-    try:
-        while not stop and not sink.finished():
-            if not inp.poll(100, zmq.POLLIN):
-                continue
-            got = receive(inp, STAGE, zmq.NOBLOCK)
-            if got is not None:
-                sink.handle(got.msg)
-    finally:
-        sink.close()
-        inp.close()
-        ctx.term()
-    return 0
+class SinkStage(Stage):
+    role = Role.SINK
+
+    def open(self) -> None:
+        self.sink = Sink(self.cfg, self.pixels)
+        self.inp = self.input(hwm=16)
+
+    def finished(self) -> bool:
+        return self.sink.finished()
+
+    def step(self) -> None:
+        if not self.inp.poll(100, zmq.POLLIN):
+            return
+        got = receive(self.inp, self.role, zmq.NOBLOCK)
+        if got is not None:
+            self.sink.handle(got.msg)
+
+    def close(self) -> None:
+        if hasattr(self, "sink"):
+            self.sink.close()

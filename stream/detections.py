@@ -1,0 +1,106 @@
+"""`Detections`: the one type for the faces of one frame, from the detector to the sinks.
+
+Columns, one row per face (by descending detector score):
+
+    boxes       (N, 4) float32   x1, y1, x2, y2 in frame pixels          detector
+    scores      (N,)   float32   face probability                        detector
+    landmarks   (N, 5, 2) float32  left eye, right eye, nose, mouth l/r  detector
+    embeddings  (N, D) float32   or None before the embed stage           embed
+    tracks      (N,)   int32     per-camera track id, or None             match
+    names       N x (str | None) the decision (None: unknown), or None    match
+    distances   (N,)   float64   to the nearest person (inf: none), or None  match
+
+Like supervision's `Detections`: `Detections.empty()`, `len(d)`, `d[i]` / `d[a:b]` / `d[mask]` (a
+`Detections` again), `Detections.merge([...])`. The wire form (a dict of arrays) and the `run --out`
+JSON form are made in the schema module, stream/pipeline/wire.py; `Face` (stream/faces.py) is one row
+of it with the aligned chip, for the image API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+Index = int | slice | Sequence[int] | np.ndarray
+
+
+@dataclass
+class Detections:
+    """One frame's faces (see the module docstring for the columns)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: np.ndarray
+    embeddings: np.ndarray | None = None
+    tracks: np.ndarray | None = None
+    names: list[str | None] | None = None
+    distances: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.boxes)
+        for f in fields(self):
+            col = getattr(self, f.name)
+            if col is not None and len(col) != n:
+                raise ValueError(f"detections: {len(col)} {f.name} for {n} boxes")
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @staticmethod
+    def empty() -> Detections:
+        return Detections(
+            np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
+        )
+
+    @staticmethod
+    def of(boxes: object, scores: object, landmarks: object) -> Detections:
+        """From anything array-like, in the canonical dtypes and shapes."""
+        return Detections(
+            np.asarray(boxes, np.float32).reshape(-1, 4),
+            np.asarray(scores, np.float32).reshape(-1),
+            np.asarray(landmarks, np.float32).reshape(-1, 5, 2),
+        )
+
+    def __getitem__(self, index: Index) -> Detections:
+        """Rows as a Detections: an int (one row), a slice, indices or a boolean mask."""
+        if isinstance(index, int | np.integer):
+            index = [int(index)]
+        rows = np.arange(len(self))[index]
+        names = None if self.names is None else [self.names[i] for i in rows.reshape(-1)]
+        return Detections(
+            self.boxes[rows],
+            self.scores[rows],
+            self.landmarks[rows],
+            None if self.embeddings is None else self.embeddings[rows],
+            None if self.tracks is None else self.tracks[rows],
+            names,
+            None if self.distances is None else self.distances[rows],
+        )
+
+    def with_columns(self, **columns: object) -> Detections:
+        """A copy with columns set (e.g. embeddings=..., or tracks=, names=, distances=)."""
+        return replace(self, **columns)  # type: ignore[arg-type]
+
+    @staticmethod
+    def merge(parts: Sequence[Detections]) -> Detections:
+        """Rows of several Detections in order. An optional column is kept when every part has it."""
+        if not parts:
+            return Detections.empty()
+
+        def stack(name: str) -> np.ndarray | None:
+            cols = [getattr(p, name) for p in parts]
+            return None if any(c is None for c in cols) else np.concatenate(cols)
+
+        names = None if any(p.names is None for p in parts) else [n for p in parts for n in p.names or []]
+        boxes, scores, landmarks = stack("boxes"), stack("scores"), stack("landmarks")
+        assert boxes is not None and scores is not None and landmarks is not None
+        return Detections(
+            boxes,
+            scores,
+            landmarks,
+            stack("embeddings"),
+            stack("tracks"),
+            names,
+            stack("distances"),
+        )

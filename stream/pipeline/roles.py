@@ -1,0 +1,69 @@
+"""The pipeline's roles, in one place: each stage's name, where its code lives, its port, what it
+takes, whom it reads from, and whether it binds and reads frame pixels.
+
+    capture -> detect -> embed -> match -> sink        (match also publishes results to dashboards)
+
+Every other module (config's endpoints, the frame ring's flow control, batching's checks, CURVE keys,
+the stage loader and the CLI) reads these tables instead of spelling role names."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from stream.pipeline.wire import Kind
+
+
+class Role(StrEnum):
+    """A stage process's role (a str: metrics labels, file names and the CLI use the value)."""
+
+    CAPTURE = "capture"
+    DETECT = "detect"
+    EMBED = "embed"
+    MATCH = "match"
+    SINK = "sink"
+
+
+# Endpoints that are not a stage's main output.
+RESULTS = "results"  # match's PUB for dashboards (results only, no pixels)
+CONTROL = "control"  # supervisor -> sink notices (ipc in the run directory)
+
+# The module in stream/pipeline/stages/ that holds each role's Stage.
+MODULES: dict[Role, str] = {
+    Role.CAPTURE: "capture",
+    Role.DETECT: "detect",
+    Role.EMBED: "embed",
+    Role.MATCH: "match",
+    Role.SINK: "sinks",
+}
+
+# tcp: each output endpoint's port is transport.base_port + offset + worker index.
+PORT_OFFSETS: dict[str, int] = {
+    Role.CAPTURE: 0,
+    Role.DETECT: 100,
+    Role.EMBED: 200,
+    Role.MATCH: 300,
+    RESULTS: 301,
+}
+
+# Whose outputs each consuming role connects to.
+UPSTREAM: dict[Role, Role] = {
+    Role.DETECT: Role.CAPTURE,
+    Role.EMBED: Role.DETECT,
+    Role.MATCH: Role.EMBED,
+    Role.SINK: Role.MATCH,
+}
+
+# What each consuming role takes; anything else is a bad message for it.
+ACCEPTS: dict[Role, frozenset[Kind]] = {
+    Role.DETECT: frozenset({Kind.FRAME, Kind.EOS, Kind.EVENT}),
+    Role.EMBED: frozenset({Kind.DETS, Kind.EOS, Kind.EVENT}),
+    Role.MATCH: frozenset({Kind.FACES, Kind.EOS, Kind.EVENT}),
+    Role.SINK: frozenset({Kind.RESULT, Kind.EOS, Kind.EVENT, Kind.GONE}),
+}
+
+# Roles that bind their output (CURVE servers on tcp); the sink only connects.
+BINDERS = frozenset({Role.CAPTURE, Role.DETECT, Role.EMBED, Role.MATCH})
+
+# The roles that read frame pixels, in pipeline order: the order of their progress words in a frame
+# ring's header (framering.py), so never reorder it.
+PIXEL_READERS: tuple[Role, ...] = (Role.DETECT, Role.EMBED, Role.SINK)
