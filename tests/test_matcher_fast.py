@@ -90,6 +90,14 @@ def check_same(index: SampleIndex, m: np.ndarray, people: np.ndarray, q: np.ndar
     np.testing.assert_allclose(dist[far], f32_dist[far], rtol=0, atol=1e-5)
 
 
+def onednn_has_bf16() -> bool:
+    """oneDNN's own answer (from cpuid, so right under qemu too, where /proc/cpuinfo is the host's)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def cpu(*features: str, arch: str = "x86_64") -> CpuInfo:
     return CpuInfo(arch=arch, model="test", features=frozenset(features), logical_cpus=2)
 
@@ -144,8 +152,8 @@ def test_coarse_copy_layout_and_memory(big):
         # 128 + 4 columns, padded to 136; oneDNN's packed layout pads to 160.
         assert fast.nbytes == N_ROWS * (160 if fast.packed else 136) * 2
         assert len(fast.blocks) >= 2  # one block per worker at least
-        if search.bf16_supported():
-            assert fast.packed  # the oneDNN layout, where it runs at native speed
+        if onednn_has_bf16():
+            assert fast.packed  # the oneDNN layout wherever oneDNN has bf16 kernels for this CPU
 
 
 def test_random_queries_match_float64(big):
