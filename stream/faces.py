@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.detector import MTCNN, Detections
+from stream.detections import Detections
+from stream.detector import MTCNN
 from stream.embedder import Embedder, distance
 from stream.imageio import load_image
 from stream.registry import DEFAULT_EMBEDDER
@@ -23,6 +24,9 @@ __all__ = ["Face", "FaceAnalyzer", "distance"]
 
 @dataclass
 class Face:
+    """One row of an embedded `Detections` (stream/detections.py) with the chip the embedder saw:
+    the image API's view of a face (the pipeline passes whole Detections)."""
+
     box: np.ndarray  # (4,) float32 x1, y1, x2, y2
     score: float
     landmarks: np.ndarray  # (5, 2): left eye, right eye, nose, mouth left, mouth right
@@ -33,6 +37,15 @@ class Face:
     def size(self) -> float:
         """Face size in pixels (the larger box side): used to pick the largest face, weight votes."""
         return float(max(self.box[2] - self.box[0], self.box[3] - self.box[1]))
+
+    @staticmethod
+    def rows(dets: Detections, chips: np.ndarray) -> list[Face]:
+        """Each face of `dets` (embedded: dets.embeddings set) with its chip."""
+        assert dets.embeddings is not None, "Face.rows needs embedded detections"
+        return [
+            Face(dets.boxes[i], float(dets.scores[i]), dets.landmarks[i], dets.embeddings[i], chips[i])
+            for i in range(len(dets))
+        ]
 
 
 class FaceAnalyzer:
@@ -58,12 +71,7 @@ class FaceAnalyzer:
         out: list[list[Face]] = []
         start = 0
         for d, c, n in zip(dets, chips, counts, strict=True):
-            out.append(
-                [
-                    Face(d.boxes[i], float(d.scores[i]), d.landmarks[i], embeddings[start + i], c[i])
-                    for i in range(n)
-                ]
-            )
+            out.append(Face.rows(d[:n].with_columns(embeddings=embeddings[start : start + n]), c))
             start += n
         return out
 

@@ -64,7 +64,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAGIC = b"FSRING1\0"
-ROLES: tuple[str, ...] = PIXEL_READERS  # the roles that read pixels, in pipeline order
 PAGE = mmap.PAGESIZE
 _HEAD = struct.Struct("<8sIIIIQQ")
 _DONE_AT, _EPOCH_AT, _STAMPS_AT = 64, 96, 128
@@ -111,8 +110,8 @@ class _Mapping:
             os.close(fd)
         self.slots, self.shape, self.slot_bytes = slots, (h, w, c), slot_bytes
         hdr = np.frombuffer(self._hdr, np.uint64)
-        self.done = hdr[_DONE_AT // 8 : _DONE_AT // 8 + len(ROLES)]
-        self.epoch = hdr[_EPOCH_AT // 8 : _EPOCH_AT // 8 + len(ROLES)]
+        self.done = hdr[_DONE_AT // 8 : _DONE_AT // 8 + len(PIXEL_READERS)]
+        self.epoch = hdr[_EPOCH_AT // 8 : _EPOCH_AT // 8 + len(PIXEL_READERS)]
         self.stamps = hdr[_STAMPS_AT // 8 : _STAMPS_AT // 8 + slots]
         data = np.frombuffer(self._data, np.uint8).reshape(slots, slot_bytes)
         self.frames = data[:, : h * w * c].reshape(slots, h, w, c)
@@ -157,8 +156,8 @@ class RingWriter:
         self.ring: _Mapping | None = None
         self.name = ""
         self._old: list[tuple[Path, int]] = []  # (file, frames to write before unlinking it)
-        self._floor = [0] * len(ROLES)
-        self._epoch_seen: list[int] = [0] * len(ROLES)
+        self._floor = [0] * len(PIXEL_READERS)
+        self._epoch_seen: list[int] = [0] * len(PIXEL_READERS)
         self.next_seq = 0
         # A restarted capture: the rings of its predecessor are useless to new frames.
         for old in self.dir.glob(f"cap{index}-*.ring"):
@@ -175,7 +174,7 @@ class RingWriter:
         path = self.dir / self.name
         create(path, slots, shape)
         self.ring = _Mapping(path, writable=True)
-        self._floor = [0] * len(ROLES)
+        self._floor = [0] * len(PIXEL_READERS)
         self._epoch_seen = [int(e) for e in self.ring.epoch]
         log.info("frame ring %s: %d slots of %s", self.name, slots, shape)
 
@@ -185,7 +184,7 @@ class RingWriter:
         if self.ring is None or self.ring.shape != tuple(shape):
             self._new_ring(tuple(shape))  # type: ignore[arg-type]
 
-    def wait_room(self, seq: int, windows: dict[str, int], stop, timeout_s: float) -> bool:
+    def wait_room(self, seq: int, windows: dict[str, int], stop: object, timeout_s: float) -> bool:
         """Blocking backpressure: wait until each role in `windows` has finished frames up to
         seq - window. Gives up (False) on stop or after timeout_s; the caller then writes anyway."""
         ring = self.ring
@@ -196,10 +195,10 @@ class RingWriter:
             for i, e in enumerate(ring.epoch):  # a reading stage restarted: what it held is lost
                 if int(e) != self._epoch_seen[i]:
                     self._epoch_seen[i] = int(e)
-                    for j in range(i, len(ROLES)):  # and it never reaches the roles after it
+                    for j in range(i, len(PIXEL_READERS)):  # and it never reaches the roles after it
                         self._floor[j] = seq
             if all(
-                seq - max(int(ring.done[ROLES.index(r)]), self._floor[ROLES.index(r)]) < w
+                seq - max(int(ring.done[PIXEL_READERS.index(r)]), self._floor[PIXEL_READERS.index(r)]) < w
                 for r, w in windows.items()
             ):
                 return True
@@ -259,7 +258,7 @@ class RingReader:
 
     def __init__(self, ring_dir: Path, role: str, keep: int = 64):
         self.dir = Path(ring_dir)
-        self.role = ROLES.index(role) if role in ROLES else None
+        self.role = PIXEL_READERS.index(role) if role in PIXEL_READERS else None
         self.keep = keep
         self.rings: OrderedDict[str, _Mapping] = OrderedDict()
 
@@ -287,7 +286,8 @@ class RingReader:
             raise RingError(f"reference to {name} slot {slot} {tuple(shape)} does not match the ring")
         if int(ring.stamps[slot]) != seq + 1:
             return None
-        return ring.frames[slot]
+        frame: np.ndarray = ring.frames[slot]
+        return frame
 
     def valid(self, name: str, slot: int, seq: int) -> bool:
         """After use: does the slot still hold `seq` (so what was read was that frame)?"""
@@ -313,9 +313,9 @@ class RingReader:
 
 def bump_epoch(ring_dir: Path, role: str) -> None:
     """The supervisor restarted a reading stage: tell every capture that what it held is lost."""
-    if role not in ROLES:
+    if role not in PIXEL_READERS:
         return
-    i = ROLES.index(role)
+    i = PIXEL_READERS.index(role)
     for path in Path(ring_dir).glob("*.ring"):
         try:
             with open(path, "r+b") as f, mmap.mmap(f.fileno(), PAGE) as mm:

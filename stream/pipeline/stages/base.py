@@ -114,7 +114,10 @@ class Stage:
     def input(self, hwm: int | None = None) -> zmq.Socket[Any]:
         """PULL, connected to every output of the upstream role (and, for the sink, the control)."""
         hwm = self.cfg.transport.hwm if hwm is None else hwm
-        return self._socket(zmq.PULL, connect=self.cfg.upstream(self.role), hwm=hwm, linger_ms=0)
+        sock = transport.socket(
+            self._ctx(), zmq.PULL, connect=self.cfg.upstream(self.role), hwm=hwm, linger_ms=0
+        )
+        return self._keep(sock, 0)
 
     def output(
         self,
@@ -128,11 +131,15 @@ class Stage:
         linger_on_stop after a stop (0: drop what is queued; None: linger_ms all the same)."""
         endpoint = self.cfg.endpoint(self.role, self.index) if endpoint is None else endpoint
         hwm = self.cfg.transport.hwm if hwm is None else hwm
-        return self._socket(kind, bind=endpoint, hwm=hwm, linger_ms=linger_ms, linger_on_stop=linger_on_stop)
+        sock = transport.socket(self._ctx(), kind, bind=endpoint, hwm=hwm, linger_ms=linger_ms)
+        return self._keep(sock, linger_on_stop)
 
-    def _socket(self, kind: int, *, linger_on_stop: int | None = 0, **kwargs: object) -> zmq.Socket[Any]:
+    def _ctx(self) -> transport.Context:
         assert self.ctx is not None, "sockets are made in open()"
-        sock = transport.socket(self.ctx, kind, **kwargs)  # type: ignore[arg-type]
+        return self.ctx
+
+    def _keep(self, sock: zmq.Socket[Any], linger_on_stop: int | None) -> zmq.Socket[Any]:
+        """Closed at teardown, in the order made."""
         self._sockets.append((sock, linger_on_stop))
         return sock
 

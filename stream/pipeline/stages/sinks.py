@@ -72,7 +72,7 @@ class Recorder:
         """An annotated BGR frame (draw's output)."""
         if cam not in self.writers:
             h, w = img.shape[:2]
-            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            fourcc = cv2.VideoWriter.fourcc(*"mp4v")
             self.writers[cam] = cv2.VideoWriter(str(self.path_for(cam)), fourcc, fps or 25.0, (w, h))
         self.writers[cam].write(img)
 
