@@ -31,7 +31,7 @@ def receive(sock: zmq.Socket[Any], stage: str, flags: int = 0) -> Received | Non
     at = time.monotonic_ns()
     try:
         msg = wire.decode(parts)
-        if msg.kind not in ACCEPTS.get(stage, wire.KINDS):  # type: ignore[call-overload]  # any str
+        if msg.kind not in ACCEPTS.get(stage, wire.KINDS):
             raise wire.WireError(f"{stage} does not take {msg.kind!r} messages")
         return Received(msg, at)
     except wire.WireError as e:

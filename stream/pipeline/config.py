@@ -282,11 +282,11 @@ class PipelineConfig(_Strict):
         return [s.name for s in self.sources]  # type: ignore[misc]
 
     def workers(self, role: str) -> int:
-        return {
-            Role.CAPTURE: len(self.sources),
-            Role.DETECT: self.detect.workers,
-            Role.EMBED: self.embed.workers,
-        }.get(role, 1)  # type: ignore[call-overload]  # any str: other roles have one
+        if role == Role.CAPTURE:
+            return len(self.sources)
+        if role == Role.DETECT:
+            return self.detect.workers
+        return self.embed.workers if role == Role.EMBED else 1
 
     def endpoint(self, role: str, index: int = 0) -> str:
         """Where `role`'s worker `index` binds its output (its consumers connect there).
@@ -310,7 +310,7 @@ class PipelineConfig(_Strict):
     def upstream(self, role: str) -> list[str]:
         """The outputs a consumer of `role`'s input connects to (on the producers' hosts). The sink
         also takes the supervisor's control messages, when there is a supervisor (a run directory)."""
-        prev = UPSTREAM[role]  # type: ignore[index]  # KeyError: a role with no input
+        prev = UPSTREAM[role]  # KeyError: a role with no input
         outputs = [self.endpoint(prev, i) for i in range(self.workers(prev))]
         if role == Role.SINK and self.transport.run_dir is not None:
             outputs.append(self.endpoint(CONTROL))

@@ -46,7 +46,7 @@ PORT_OFFSETS: dict[str, int] = {
 }
 
 # Whose outputs each consuming role connects to.
-UPSTREAM: dict[Role, Role] = {
+UPSTREAM: dict[str, Role] = {
     Role.DETECT: Role.CAPTURE,
     Role.EMBED: Role.DETECT,
     Role.MATCH: Role.EMBED,
@@ -54,7 +54,7 @@ UPSTREAM: dict[Role, Role] = {
 }
 
 # What each consuming role takes; anything else is a bad message for it.
-ACCEPTS: dict[Role, frozenset[Kind]] = {
+ACCEPTS: dict[str, frozenset[Kind]] = {
     Role.DETECT: frozenset({Kind.FRAME, Kind.EOS, Kind.EVENT}),
     Role.EMBED: frozenset({Kind.DETS, Kind.EOS, Kind.EVENT}),
     Role.MATCH: frozenset({Kind.FACES, Kind.EOS, Kind.EVENT}),
