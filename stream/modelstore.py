@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stream.errors import FacestreamError, ModelMissingError
 from stream.home import models_dir
@@ -28,11 +29,12 @@ def model_path(name: str, home: Path | None = None) -> Path:
     return models_dir(home) / name
 
 
-def read_manifest(name: str, home: Path | None = None) -> dict:
+def read_manifest(name: str, home: Path | None = None) -> dict[str, Any]:
     """The manifest of a published model; ModelMissingError (one line, says how to fix) if absent."""
     path = model_path(name, home) / MANIFEST
     try:
-        return json.loads(path.read_text())
+        manifest: dict[str, Any] = json.loads(path.read_text())
+        return manifest
     except FileNotFoundError:
         raise ModelMissingError(
             f"model {name!r} is not built in {path.parent.parent}: run `facestream models pull {name}`"

@@ -6,6 +6,7 @@ built model (model.json) starts with `ModelSpec.to_manifest(source)`."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from stream.errors import FacestreamError
 
@@ -41,9 +42,9 @@ class ModelSpec:
     threshold: float = 0.0  # same person when distance <= threshold
     normalized: bool = False  # embeddings L2-normalised by the graph
     published_accuracy: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_manifest(self, source: dict) -> dict:
+    def to_manifest(self, source: dict[str, Any]) -> dict[str, Any]:
         """The spec as the manifest records it, with `source` (what the model was built from) after
         the description."""
         d = asdict(self)
@@ -61,7 +62,7 @@ DLIB_CHIP_TEMPLATE = (
     (101.34, 105.04),
 )
 
-_FACENET_COMMON = dict(
+_FACENET_COMMON: dict[str, Any] = dict(
     kind="embedder",
     licence="MIT (facenet-pytorch); weights trained by David Sandberg's facenet",
     color="RGB",
