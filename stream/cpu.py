@@ -11,6 +11,7 @@ import os
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 # The flags that change which kernels torch, ONNX Runtime and numpy run here, and so what they cost
 # or (for 8-bit integer arithmetic) what they compute. Names as Linux spells them.
@@ -74,7 +75,7 @@ class CpuInfo:
             self.arch in ("aarch64", "arm64") and "bf16" in self.features
         )
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "arch": self.arch,
             "model": self.model,
@@ -92,7 +93,7 @@ class CpuInfo:
 
 def parse_cpuinfo(text: str, arch: str) -> tuple[str, frozenset[str]]:
     """(model name, relevant features) from the text of /proc/cpuinfo."""
-    model, flags = "", set()
+    model, flags = "", set[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()

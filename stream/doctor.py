@@ -25,15 +25,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream.cpu import ARM_FEATURES, X86_FEATURES, cpu_info
+
+if TYPE_CHECKING:
+    from stream.pipeline.config import PipelineConfig
 
 SCHEMA = 1
 GiB = 2**30
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "doctor",
         help="the machine: CPU features, threads, runtimes, models, shared memory, ports",
@@ -76,7 +79,7 @@ def facts(config: Path | None = None, metrics_port: int | None = None, ports: bo
     return {**out, **notes, "ok": not notes["problems"]}
 
 
-def _threads(cfg: Any, notes: dict[str, list[str]]) -> dict[str, Any]:
+def _threads(cfg: PipelineConfig, notes: dict[str, list[str]]) -> dict[str, Any]:
     import torch
 
     from stream.pipeline.stages.base import stage_threads
@@ -194,7 +197,9 @@ def _check_model(name: str, home: Path | None) -> dict[str, Any]:
     }
 
 
-def _embedder(cfg: Any, models: dict, runtimes: dict, notes: dict[str, list[str]]) -> dict[str, Any]:
+def _embedder(
+    cfg: PipelineConfig, models: dict[str, Any], runtimes: dict[str, Any], notes: dict[str, list[str]]
+) -> dict[str, Any]:
     """Which provider and precision the embed stage will run, by stream.embedder's rules."""
     from stream.errors import FacestreamError
     from stream.modelstore import read_manifest
@@ -236,31 +241,32 @@ def _embedder(cfg: Any, models: dict, runtimes: dict, notes: dict[str, list[str]
     }
 
 
-def _storage(cfg: Any, notes: dict[str, list[str]]) -> dict[str, Any]:
+def _storage(cfg: PipelineConfig, notes: dict[str, list[str]]) -> dict[str, Any]:
     from stream.home import facestream_home
 
     home = Path(cfg.home) if cfg.home else facestream_home()
     existing = next(p for p in (home, *home.parents) if p.exists())  # not created before the first pull
     shm = Path("/dev/shm")
-    out = {
+    shm_free = shutil.disk_usage(shm).free if shm.is_dir() else None
+    # A 1080p camera's frame ring, sized as the pipeline sizes it (docker's default /dev/shm is 64 MB).
+    frame = 1920 * 1080 * 3
+    ring_bytes = cfg.ring_slots(frame) * frame
+    if cfg.transport.kind == "ipc" and cfg.transport.shm is not False and shm_free is not None:
+        if shm_free < ring_bytes:
+            notes["warnings"].append(
+                f"/dev/shm has {shm_free / 2**20:.0f} MB free, a 1080p camera's frame ring "
+                f"needs {ring_bytes / 2**20:.0f} MB (docker: --shm-size)"
+            )
+    return {
         "home": str(home),
         "home_free_bytes": shutil.disk_usage(existing).free,
         "shm": str(shm) if shm.is_dir() else None,
-        "shm_free_bytes": shutil.disk_usage(shm).free if shm.is_dir() else None,
+        "shm_free_bytes": shm_free,
+        "ring_1080p_bytes": ring_bytes,
     }
-    # A 1080p camera's frame ring, sized as the pipeline sizes it (docker's default /dev/shm is 64 MB).
-    frame = 1920 * 1080 * 3
-    out["ring_1080p_bytes"] = cfg.ring_slots(frame) * frame
-    if cfg.transport.kind == "ipc" and cfg.transport.shm is not False and out["shm_free_bytes"] is not None:
-        if out["shm_free_bytes"] < out["ring_1080p_bytes"]:
-            notes["warnings"].append(
-                f"/dev/shm has {out['shm_free_bytes'] / 2**20:.0f} MB free, a 1080p camera's frame ring "
-                f"needs {out['ring_1080p_bytes'] / 2**20:.0f} MB (docker: --shm-size)"
-            )
-    return out
 
 
-def _ports(cfg: Any, notes: dict[str, list[str]]) -> list[dict[str, Any]]:
+def _ports(cfg: PipelineConfig, notes: dict[str, list[str]]) -> list[dict[str, Any]]:
     """Every TCP port the configured pipeline would bind on some host, tried here."""
     from stream.pipeline.config import endpoint_host
 
@@ -370,21 +376,21 @@ def header() -> str:
     )
 
 
-def _features(cpu: dict) -> str:
+def _features(cpu: dict[str, Any]) -> str:
     known = X86_FEATURES if cpu["arch"] in ("x86_64", "AMD64", "i386", "i686") else ARM_FEATURES
     have = [x for x in known if x in cpu["features"]]
     lack = [x for x in known if x not in cpu["features"]]
     return f"{' '.join(have) or 'none'}" + (f" (not: {' '.join(lack)})" if lack else "")
 
 
-def _stages(th: dict) -> str:
+def _stages(th: dict[str, Any]) -> str:
     p = th["pipeline"]
     return ", ".join(
         f"{r} {p[r]['workers']} worker(s) x {p[r]['threads']} thread(s)" for r in ("detect", "embed")
     )
 
 
-def _torch_cuda(t: dict) -> str:
+def _torch_cuda(t: dict[str, Any]) -> str:
     if t["cuda"]:
         return f"works ({t['cuda_device']})"
     if t.get("cuda_error"):
@@ -392,13 +398,13 @@ def _torch_cuda(t: dict) -> str:
     return "no GPU" if t["cuda_build"] else "not in this build"
 
 
-def _ort_cuda(o: dict) -> str:
+def _ort_cuda(o: dict[str, Any]) -> str:
     if "CUDAExecutionProvider" not in o["providers"]:
         return "not in this build"
     return "works" if o["cuda"] else f"listed but not usable: {o.get('cuda_error')}"
 
 
-def _model(m: dict) -> str:
+def _model(m: dict[str, Any]) -> str:
     if m["state"] == "ok":
         return (
             f"ok ({m['files']} file{'s' if m['files'] != 1 else ''}, {m['sha256_checked']} sha256 verified)"
@@ -408,7 +414,7 @@ def _model(m: dict) -> str:
     return "DAMAGED: " + "; ".join(m["problems"])
 
 
-def _embedder_line(e: dict) -> str:
+def _embedder_line(e: dict[str, Any]) -> str:
     if e["state"] != "ok":
         return f"{e['model']} {e['state']}"
     return (
@@ -416,7 +422,7 @@ def _embedder_line(e: dict) -> str:
     )
 
 
-def _int8(i: dict) -> str:
+def _int8(i: dict[str, Any]) -> str:
     if i["state"] == "skipped":
         return f"skipped at build: {i['reason']}"
     if i["state"] == "verified":
@@ -427,14 +433,14 @@ def _int8(i: dict) -> str:
     return "no int8 model"
 
 
-def _shm(st: dict) -> str:
+def _shm(st: dict[str, Any]) -> str:
     if st["shm_free_bytes"] is None:
         return "no /dev/shm (frame rings live in the run directory)"
     need = st["ring_1080p_bytes"] / 2**20
     return f"{st['shm_free_bytes'] / GiB:.1f} GiB in {st['shm']} (a 1080p camera's ring: {need:.0f} MB)"
 
 
-def _port(p: dict) -> str:
+def _port(p: dict[str, Any]) -> str:
     return f"{p['host']}:{p['port']} {p['state']}" + (f" ({p['detail']})" if p["detail"] else "")
 
 

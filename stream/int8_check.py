@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ CHECK_FILE = "int8_check.npz"  # arrays "chips" (N, H, W, 3) uint8 RGB and "fp32
 CHECK_CHIPS = 12
 
 
-def verified_on(cpu: CpuInfo | None = None) -> dict:
+def verified_on(cpu: CpuInfo | None = None) -> dict[str, Any]:
     """What the manifest records about the processor an int8 file was verified on."""
     cpu = cpu or cpu_info()
     return {
@@ -39,7 +40,7 @@ def write_check(path: Path, chips: np.ndarray, fp32: np.ndarray) -> None:
 
 
 def accept_int8(
-    model_dir: Path, entry: dict, embed_int8: Callable[[np.ndarray], np.ndarray], kernel: str | None = None
+    model_dir: Path, entry: dict[str, Any], embed_int8: Callable[[np.ndarray], np.ndarray], kernel: str | None = None
 ) -> tuple[bool, str]:
     """(usable, why) for the int8 file described by the manifest's `entry`, run by `kernel` (default:
     this CPU's int8 kernel family; an execution provider's name where a GPU runs it).

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("models", help="fetch, build and list face models")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION")
     msub.required = True

@@ -10,9 +10,16 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream.errors import FacestreamError
+
+if TYPE_CHECKING:  # the modules themselves load inside the commands (see above)
+    import numpy as np
+
+    from stream.faces import Face, FaceAnalyzer
+    from stream.gallery.enroll import Outcome
+    from stream.gallery.store import Gallery
 
 
 def _default_model() -> str:
@@ -32,7 +39,7 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=None, allow_nan=False))
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     model_help = "embedding model (default: dlib-resnet-v1)"
 
     p = sub.add_parser("enroll", help="add photos of people to a gallery")
@@ -142,7 +149,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     gallery = Gallery.open(args.gallery, create=True)
     counts = {"enrolled": 0, "skipped": 0, "failed": 0}
 
-    def report(o: Any) -> None:
+    def report(o: Outcome) -> None:
         counts[o.status] += 1
         print(o.line(), file=sys.stderr if o.status == "failed" else sys.stdout, flush=True)
 
@@ -168,7 +175,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
-def _drop_if_new_and_empty(gallery: Any, existed: bool) -> None:
+def _drop_if_new_and_empty(gallery: Gallery, existed: bool) -> None:
     """A command that failed before storing anything leaves no new empty gallery file behind."""
     try:
         empty = gallery.count_samples() == 0 and not gallery.people()
@@ -180,7 +187,7 @@ def _drop_if_new_and_empty(gallery: Any, existed: bool) -> None:
             Path(f"{gallery.path}{suffix}").unlink(missing_ok=True)
 
 
-def _analyzer(model: str | None):
+def _analyzer(model: str | None) -> FaceAnalyzer:
     from stream.faces import FaceAnalyzer
 
     return FaceAnalyzer(model=model or _default_model())
@@ -280,13 +287,13 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stack(vectors: list) -> Any:
+def _stack(vectors: list[np.ndarray]) -> np.ndarray:
     import numpy as np
 
     return np.stack([np.asarray(v, np.float32) for v in vectors])
 
 
-def _one_face(analyzer: Any, frame: Any, path: Path, largest: bool) -> Any:
+def _one_face(analyzer: FaceAnalyzer, frame: np.ndarray, path: Path, largest: bool) -> Face:
     from stream.gallery.enroll import pick_face
 
     faces = analyzer.analyze([frame])[0]
@@ -361,12 +368,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for f in files:
         faces = analyzer.analyze_image(args.images / f)
         embedding[f] = max(faces, key=lambda x: x.box[2] - x.box[0]).embedding if faces else None
-    scored = [p for p in pairs if embedding[p.file_x] is not None and embedding[p.file_y] is not None]
+    found = {f: e for f, e in embedding.items() if e is not None}
+    scored = [p for p in pairs if p.file_x in found and p.file_y in found]
     if not scored:
         raise FacestreamError("no pair could be scored: no face found in their images")
     d = distance(
-        _stack([embedding[p.file_x] for p in scored]),
-        _stack([embedding[p.file_y] for p in scored]),
+        _stack([found[p.file_x] for p in scored]),
+        _stack([found[p.file_y] for p in scored]),
         spec.metric,
     ).astype(np.float64)
     same = np.array([p.same for p in scored], bool)

@@ -7,13 +7,17 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from stream.pipeline.roles import Role
+
+if TYPE_CHECKING:
+    from stream.pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run the pipeline on one or more sources")
     p.add_argument(
         "--source",
@@ -89,10 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=cmd_demo)
 
 
-def run_config(args: argparse.Namespace):
+def run_config(args: argparse.Namespace) -> PipelineConfig:
     from stream.pipeline import config
 
-    overrides = {
+    overrides: dict[str, Any] = {
         "gallery": args.gallery and str(args.gallery),
         "model": args.model,
         "outputs.out": args.out and str(args.out),

@@ -17,9 +17,14 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from stream.errors import FacestreamError
+
+if TYPE_CHECKING:  # prometheus_client itself is imported late (see above)
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import Counter, Gauge, Histogram
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
@@ -39,18 +44,18 @@ def use_multiprocess_dir(path: Path, wipe: bool = True) -> None:
 
 @dataclass
 class Metrics:
-    stage_seconds: Any
-    queue_wait_seconds: Any
-    e2e_latency_seconds: Any
-    batch_size: Any
-    frames_total: Any
-    frames_dropped_total: Any
-    faces_total: Any
-    matches_total: Any
-    camera_up: Any
-    camera_reconnects_total: Any
-    worker_restarts_total: Any
-    bad_messages_total: Any
+    stage_seconds: Histogram
+    queue_wait_seconds: Histogram
+    e2e_latency_seconds: Histogram
+    batch_size: Histogram
+    frames_total: Counter
+    frames_dropped_total: Counter
+    faces_total: Counter
+    matches_total: Counter
+    camera_up: Gauge
+    camera_reconnects_total: Counter
+    worker_restarts_total: Counter
+    bad_messages_total: Counter
 
 
 _metrics: Metrics | None = None
@@ -110,7 +115,7 @@ def get() -> Metrics:
     return _metrics
 
 
-def serve(port: int, host: str = "127.0.0.1"):
+def serve(port: int, host: str = "127.0.0.1") -> WSGIServer:
     """Start /metrics in a daemon thread: merged over all processes in multiprocess mode.
     Returns the server (its .server_port is the bound port, useful with port 0)."""
     from prometheus_client import REGISTRY, CollectorRegistry, start_http_server

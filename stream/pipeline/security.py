@@ -23,7 +23,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.auth
@@ -104,7 +104,7 @@ class Curve:
                     self.server_public(host)
 
     # ----- sockets -----------------------------------------------------------------------------------
-    def serve(self, ctx: zmq.Context, sock: zmq.Socket) -> None:
+    def serve(self, ctx: zmq.Context[Any], sock: zmq.Socket[Any]) -> None:
         """Make `sock` a CURVE server (before bind); the context's ZAP authenticator checks clients."""
         public, secret = self.pair("server")
         if getattr(ctx, "authenticator", None) is None:
@@ -118,13 +118,13 @@ class Curve:
             except Exception:
                 auth.stop()
                 raise
-            ctx.authenticator = auth  # type: ignore[attr-defined]
+            ctx.authenticator = auth
         sock.curve_server = True
         sock.curve_publickey = public
         sock.curve_secretkey = secret
         sock.zap_domain = ZAP_DOMAIN
 
-    def connect(self, sock: zmq.Socket, endpoint: str) -> None:
+    def connect(self, sock: zmq.Socket[Any], endpoint: str) -> None:
         """Set the client keys for one connect (libzmq takes the server key at connect time)."""
         host = endpoint_host(endpoint)
         if host is None:

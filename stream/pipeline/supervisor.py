@@ -28,6 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -40,6 +41,9 @@ from stream.pipeline.stages.base import EXIT_FATAL, EXIT_OK, EXIT_SOURCE_FAILED
 from stream.pipeline.stages.capture import opened_mark
 from stream.pipeline.summary import format_summary
 
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 5.0
@@ -49,7 +53,7 @@ STOP_TIMEOUT_S = 5.0
 class Child:
     role: Role
     index: int
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     restarts: deque[float] = field(default_factory=deque)
     finished: bool = False  # exited for good (capture done, sink done)
 
@@ -63,7 +67,9 @@ class Supervisor:
         self.cfg = cfg
         self.own_run_dir = cfg.transport.run_dir is None
         run_dir = (
-            Path(tempfile.mkdtemp(prefix="facestream-")) if self.own_run_dir else Path(cfg.transport.run_dir)
+            Path(tempfile.mkdtemp(prefix="facestream-"))
+            if cfg.transport.run_dir is None
+            else Path(cfg.transport.run_dir)
         )
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(run_dir, 0o700)  # ipc sockets and metrics files: this user only
@@ -83,9 +89,9 @@ class Supervisor:
         self.errors: dict[str, str] = {}
         self.failed_sources: dict[str, str] = {}  # camera -> its one line; the run fails with them
         self.restart_counts: dict[str, int] = {}
-        self.metrics_server = None
-        self._ctx: zmq.Context | None = None
-        self._control: zmq.Socket | None = None
+        self.metrics_server: WSGIServer | None = None
+        self._ctx: zmq.Context[Any] | None = None
+        self._control: zmq.Socket[Any] | None = None
 
     # ----- processes ------------------------------------------------------------------------------
     def _spawn(self, child: Child) -> None:
@@ -100,7 +106,7 @@ class Supervisor:
         child.proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         log.debug("started %s (pid %d)", child.name, child.proc.pid)
 
-    def _signal(self, *_args) -> None:
+    def _signal(self, *_args: object) -> None:
         self.signals += 1
 
     def _fatal_message(self, child: Child) -> str | None:
@@ -121,6 +127,7 @@ class Supervisor:
                 self.metrics_server.server_close()
             if self._control is not None:
                 self._control.close(linger=0)
+            if self._ctx is not None:
                 self._ctx.term()
             if self.ring_dir is not None:
                 shutil.rmtree(self.ring_dir, ignore_errors=True)
@@ -230,6 +237,7 @@ class Supervisor:
         notice = wire.CaptureGone(cam=cam, seq=0, wall=time.time(), error=error)
         if self._sink_done():
             return  # it took the camera's own end-of-stream and has stopped reading: nothing to tell
+        assert self._control is not None, "captures start after the control socket"
         if not transport.try_send(self._control, notice, timeout_ms=1000) and not self._sink_done():
             log.warning("could not tell the sink that camera %s ended", cam)
 
@@ -266,17 +274,17 @@ class Supervisor:
         self._spawn(c)
 
     def _terminate(self, children: list[Child], timeout_s: float = STOP_TIMEOUT_S) -> None:
-        live = [c for c in children if c.proc is not None and c.proc.poll() is None]
-        for c in live:
-            c.proc.send_signal(signal.SIGTERM)
+        live = [(c, proc) for c in children if (proc := c.proc) is not None and proc.poll() is None]
+        for _c, proc in live:
+            proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        for c in live:
+        for c, proc in live:
             try:
-                c.proc.wait(max(0.1, deadline - time.monotonic()))
+                proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("stage %s did not stop in %.0fs: killing it", c.name, timeout_s)
-                c.proc.kill()
-                c.proc.wait()
+                proc.kill()
+                proc.wait()
 
     def _stop_all(self) -> None:
         # Sink last-but-gently: it flushes its files on SIGTERM.
@@ -320,7 +328,7 @@ class Supervisor:
             )
         return 0
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         path = self.run_dir / "summary.json"
         s = json.loads(path.read_text()) if path.exists() else {"cameras": self.cfg.cameras}
         s["restarts"] = dict(self.restart_counts)
@@ -328,7 +336,7 @@ class Supervisor:
         return s
 
 
-def counted(metrics_dir: Path) -> dict[str, dict]:
+def counted(metrics_dir: Path) -> dict[str, dict[str, Any]]:
     """The summary's counts from the metrics of every stage process: bad messages per stage, and
     dropped frames per camera as {"stage/reason": n}."""
     counters = read_counters(metrics_dir)

@@ -12,6 +12,7 @@ the server's key) -- see security.py."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -20,14 +21,17 @@ from stream.pipeline import wire
 from stream.pipeline.config import PipelineConfig, endpoint_host, is_loopback
 from stream.pipeline.security import Curve
 
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
+
 log = logging.getLogger(__name__)
 
 
-class Context(zmq.Context):
+class Context(zmq.Context[zmq.Socket[Any]]):
     """A context that carries the process's CURVE keys (None: plain) and its ZAP authenticator."""
 
     curve: Curve | None = None
-    authenticator = None
+    authenticator: ThreadAuthenticator | None = None
 
     def _stop_authenticator(self) -> None:
         if self.authenticator is not None:  # its sockets live in this context: stop it first
@@ -50,7 +54,7 @@ def context(cfg: PipelineConfig) -> Context:
 
 
 def socket(
-    ctx: zmq.Context,
+    ctx: zmq.Context[Any],
     kind: int,
     *,
     bind: str | None = None,
@@ -58,11 +62,11 @@ def socket(
     hwm: int = 2,
     linger_ms: int = 1000,
     subscribe: bytes | None = None,
-) -> zmq.Socket:
+) -> zmq.Socket[Any]:
     """A socket with both HWMs set (ZMQ's default 1000 would queue seconds of frames); CURVE on its tcp
     endpoints when the context has keys (see `context`)."""
     curve: Curve | None = getattr(ctx, "curve", None)
-    sock = ctx.socket(kind)
+    sock: zmq.Socket[Any] = ctx.socket(kind)
     try:
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
@@ -83,7 +87,7 @@ def socket(
     return sock
 
 
-def _bind(ctx: zmq.Context, sock: zmq.Socket, endpoint: str, curve: Curve | None) -> None:
+def _bind(ctx: zmq.Context[Any], sock: zmq.Socket[Any], endpoint: str, curve: Curve | None) -> None:
     host = endpoint_host(endpoint)
     if host is not None:
         if curve is not None:
@@ -104,12 +108,12 @@ def _bind(ctx: zmq.Context, sock: zmq.Socket, endpoint: str, curve: Curve | None
         ) from None
 
 
-def send(sock: zmq.Socket, msg: wire.Message, flags: int = 0) -> None:
+def send(sock: zmq.Socket[Any], msg: wire.Message, flags: int = 0) -> None:
     """Raises zmq.Again with flags=zmq.NOBLOCK when the peers' queues are full."""
     sock.send_multipart(wire.encode(msg), flags=flags, copy=False)
 
 
-def try_send(sock: zmq.Socket, msg: wire.Message, timeout_ms: int = 0) -> bool:
+def try_send(sock: zmq.Socket[Any], msg: wire.Message, timeout_ms: int = 0) -> bool:
     """Send if a peer can take it within timeout_ms; False means the caller drops or retries."""
     if timeout_ms and not sock.poll(timeout_ms, zmq.POLLOUT):
         return False
@@ -120,6 +124,6 @@ def try_send(sock: zmq.Socket, msg: wire.Message, timeout_ms: int = 0) -> bool:
         return False
 
 
-def recv_parts(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
+def recv_parts(sock: zmq.Socket[Any], flags: int = 0) -> list[zmq.Frame]:
     """Raw parts, not yet validated: the caller decodes and counts what is bad."""
     return sock.recv_multipart(flags=flags, copy=False)
