@@ -110,6 +110,13 @@ def validate_name(name: str) -> str:
     return name
 
 
+def _inserted(cur: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just made (lastrowid is None only when no row was inserted)."""
+    if cur.lastrowid is None:
+        raise RuntimeError("INSERT made no row")
+    return cur.lastrowid
+
+
 def encode_vector(vec: np.ndarray) -> bytes:
     return np.ascontiguousarray(vec, dtype="<f4").reshape(-1).tobytes()
 
@@ -367,7 +374,7 @@ class Gallery:
             )
 
     def count_samples(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM samples").fetchone()[0]
+        return int(self.conn.execute("SELECT count(*) FROM samples").fetchone()[0])
 
     def threshold(self, model: str) -> float | None:
         row = self.conn.execute("SELECT threshold FROM model_settings WHERE model = ?", (model,)).fetchone()
@@ -391,8 +398,8 @@ class Gallery:
                     ids.append(None)
                     continue
                 if pid is None:
-                    pid = c.execute("INSERT INTO people(name, created) VALUES (?, ?)", (name, now)).lastrowid
-                sid = c.execute(
+                    pid = _inserted(c.execute("INSERT INTO people(name, created) VALUES (?, ?)", (name, now)))
+                cur = c.execute(
                     """INSERT INTO samples(person_id, source_sha256, source_name, box, landmarks, crop,
                        crop_origin, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
                     (
@@ -405,7 +412,8 @@ class Gallery:
                         json.dumps([float(v) for v in s.crop_origin]),
                         now,
                     ),
-                ).lastrowid
+                )
+                sid = _inserted(cur)
                 self._put_embedding(c, sid, model, s.embedding, now)
                 ids.append(sid)
         return ids
@@ -435,7 +443,7 @@ class Gallery:
             pid = self.person_id(name)
             if pid is None:
                 raise FacestreamError(f"no person named {name!r} in gallery {self.path}")
-            n = c.execute("SELECT count(*) FROM samples WHERE person_id = ?", (pid,)).fetchone()[0]
+            n = int(c.execute("SELECT count(*) FROM samples WHERE person_id = ?", (pid,)).fetchone()[0])
             c.execute("DELETE FROM people WHERE id = ?", (pid,))
         return n
 

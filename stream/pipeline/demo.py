@@ -13,7 +13,7 @@ import logging
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -90,7 +90,7 @@ def demo(
     with tempfile.TemporaryDirectory(prefix="facestream-demo-") as d:
         tmp = Path(d)
         gallery = tmp / "gallery.db"
-        overrides: dict = {"gallery": str(gallery), "outputs.record": str(record), "outputs.out": str(out)}
+        overrides: dict[str, Any] = {"gallery": str(gallery), "outputs.record": str(record), "outputs.out": str(out)}
         segments: list[Segment] = []
         if source is None:
             _enroll(gallery, ENROLL_NAME, photos[ENROLL_PHOTO])

@@ -63,7 +63,7 @@ def _ease(t: float) -> float:
 
 
 def _pose(shot: Shot, t: float) -> np.ndarray:
-    a, b = np.asarray(shot.start), np.asarray(shot.end)
+    a, b = np.asarray(shot.start, np.float64), np.asarray(shot.end, np.float64)
     return a + (b - a) * _ease(min(max(t, 0.0), 1.0))
 
 
@@ -79,7 +79,7 @@ def _motion_kernel(dx: float, dy: float) -> np.ndarray | None:
     p0 = (int(round(c - ux * length / 2)), int(round(c - uy * length / 2)))
     p1 = (int(round(c + ux * length / 2)), int(round(c + uy * length / 2)))
     cv2.line(k, p0, p1, 1.0, 1)
-    return k / k.sum()
+    return k / float(k.sum())
 
 
 def render(photo: np.ndarray, face: tuple[float, float, float], shot: Shot, i: int) -> np.ndarray:
@@ -91,7 +91,7 @@ def render(photo: np.ndarray, face: tuple[float, float, float], shot: Shot, i: i
     # sub-pixel translation puts the face in place.
     small = cv2.resize(photo, None, fx=fh / ch, fy=fh / ch, interpolation=cv2.INTER_AREA)
     sx, sy = small.shape[1] / photo.shape[1], small.shape[0] / photo.shape[0]
-    m = np.float32([[1, 0, fx - cx * sx], [0, 1, fy - cy * sy]])
+    m = np.array([[1, 0, fx - cx * sx], [0, 1, fy - cy * sy]], np.float32)
     frame = cv2.warpAffine(small, m, SIZE, flags=cv2.INTER_LINEAR, borderValue=WALL)
     # Motion blur: the image moves by the pose change of one frame interval while the shutter is open.
     dx, dy, _ = _pose(shot, (i + 0.5) / n) - _pose(shot, (i - 0.5) / n)
@@ -106,7 +106,7 @@ def render(photo: np.ndarray, face: tuple[float, float, float], shot: Shot, i: i
 
 def build_clip(photos: dict[str, Path], path: Path, shots: tuple[Shot, ...] = SHOTS) -> list[Segment]:
     """Write the clip (mp4) and return where each shot lies in it."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, SIZE)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, SIZE)
     if not writer.isOpened():
         raise FacestreamError(f"{path}: cannot write an mp4 video here")
     segments, first = [], 0

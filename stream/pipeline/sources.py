@@ -220,7 +220,7 @@ class Backoff:
         self.attempt = 0
 
     def next(self) -> float:
-        delay = min(self.cap, self.initial * (2**self.attempt))
+        delay: float = min(self.cap, self.initial * (2**self.attempt))
         self.attempt += 1
         return delay
 
@@ -280,6 +280,7 @@ class LiveFeed:
                 return None
             self._taken = self._index
             frame, self._frame = self._frame, None
+            assert frame is not None, "the reader sets a frame with every step of _index"
             return frame, self._index
 
     @property

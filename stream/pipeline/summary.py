@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class Stats:
             self.last_ns = t["match_out"] if self.last_ns is None else max(self.last_ns, t["match_out"])
         return lat
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         def pct(values: list[float], qs: tuple[int, ...]) -> dict[str, float | None]:
             if not values:
                 return {f"p{q}": None for q in qs}
@@ -65,7 +66,7 @@ class Stats:
         }
 
 
-def format_summary(s: dict) -> str:
+def format_summary(s: dict[str, Any]) -> str:
     """A few lines for stderr."""
     frames = s.get("frames", {})
     faces = s.get("faces", {})
