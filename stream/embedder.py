@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -69,6 +69,8 @@ class Embedder:
         self.spec: ModelSpec = get_spec(name)
         manifest = read_manifest(name, home)
         providers = _providers(device)
+        if self.spec.crop is None:
+            raise FacestreamError(f"model {name!r} is a {self.spec.kind}, not an embedder (no crop spec)")
         self.crop_spec: CropSpec = self.spec.crop
         self.dim = self.spec.dim
         self.metric = self.spec.metric
@@ -121,10 +123,13 @@ class Embedder:
             return np.empty((0, self.dim), dtype=np.float32)
         x = (chips.astype(np.float32) - self._mean) * self._inv_std
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        return self.session.run(None, {"input": x})[0]
+        out: np.ndarray = self.session.run(None, {"input": x})[0]
+        return out
 
 
-def _choose_precision(name: str, manifest: dict, home: Path | None, precision: str, provider: str) -> str:
+def _choose_precision(
+    name: str, manifest: dict[str, Any], home: Path | None, precision: str, provider: str
+) -> str:
     int8 = manifest.get("int8") or {}
     has_int8 = bool(int8.get("file")) and (model_path(name, home) / int8["file"]).is_file()
     if precision == "fp32" or (precision == "auto" and (not has_int8 or provider != "CPUExecutionProvider")):
@@ -142,10 +147,13 @@ def distance(a: np.ndarray, b: np.ndarray, metric: str = "euclidean") -> np.ndar
     """Row-wise distance between embeddings a (N, D) and b (N, D) (or one vector each)."""
     a = np.atleast_2d(np.asarray(a, dtype=np.float32))
     b = np.atleast_2d(np.asarray(b, dtype=np.float32))
+    d: np.ndarray
     if metric == "euclidean":
-        return np.linalg.norm(a - b, axis=1)
+        d = np.linalg.norm(a - b, axis=1)
+        return d
     if metric == "cosine":
         an = a / np.linalg.norm(a, axis=1, keepdims=True)
         bn = b / np.linalg.norm(b, axis=1, keepdims=True)
-        return 1.0 - (an * bn).sum(axis=1)
+        d = 1.0 - (an * bn).sum(axis=1)
+        return d
     raise ValueError(f"unknown metric {metric!r}")

@@ -40,7 +40,10 @@ def write_check(path: Path, chips: np.ndarray, fp32: np.ndarray) -> None:
 
 
 def accept_int8(
-    model_dir: Path, entry: dict[str, Any], embed_int8: Callable[[np.ndarray], np.ndarray], kernel: str | None = None
+    model_dir: Path,
+    entry: dict[str, Any],
+    embed_int8: Callable[[np.ndarray], np.ndarray],
+    kernel: str | None = None,
 ) -> tuple[bool, str]:
     """(usable, why) for the int8 file described by the manifest's `entry`, run by `kernel` (default:
     this CPU's int8 kernel family; an execution provider's name where a GPU runs it).

@@ -19,6 +19,7 @@ import contextlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,12 +27,15 @@ from stream.errors import FacestreamError
 from stream.gallery.search import KERNELS, Bf16Search, Int8Search, choose_kernel
 from stream.gallery.store import Gallery
 
+if TYPE_CHECKING:
+    from threadpoolctl import ThreadpoolController
+
 # Gallery rows per matmul block: 10 faces x 16k rows x 4 B = 640 KB of products, L2-sized.
 BLOCK_ROWS = 16384
 
 
 @lru_cache(maxsize=1)
-def _blas_controller():
+def _blas_controller() -> ThreadpoolController | None:
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
@@ -39,7 +43,7 @@ def _blas_controller():
     return ThreadpoolController()
 
 
-def _one_blas_thread() -> contextlib.AbstractContextManager:
+def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
     """numpy's BLAS on one thread for the float32 pass: its worker threads spin-wait, so when the
     pipeline's other stages hold the cores a 10-face matmul waits for descheduled workers (tail
     latency up to a hundredfold, RESULTS.md); the coarse kernels bring their own parallelism."""
@@ -86,8 +90,11 @@ class SampleIndex:
         if kernel not in KERNELS:
             raise FacestreamError(f"unknown search kernel {kernel!r} (one of {', '.join(KERNELS)})")
         self.kernel = kernel if len(vectors) and vectors.shape[1] else "float32"
-        coarse = {"bf16": Bf16Search, "int8": Int8Search}.get(self.kernel)
-        self.fast: Bf16Search | Int8Search | None = coarse(vectors, metric) if coarse else None
+        self.fast: Bf16Search | Int8Search | None = None
+        if self.kernel == "bf16":
+            self.fast = Bf16Search(vectors, metric)
+        elif self.kernel == "int8":
+            self.fast = Int8Search(vectors, metric)
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -104,15 +111,19 @@ class SampleIndex:
 
     def _finish(self, q: np.ndarray, part: np.ndarray) -> np.ndarray:
         """Distances from `part` = |b|^2 - 2ab (euclidean) or -ab (cosine)."""
+        d: np.ndarray
         if self.metric == "cosine":
-            return np.maximum(1.0 + part, 0.0)
+            d = np.maximum(1.0 + part, 0.0)
+            return d
         qn = np.einsum("ij,ij->i", q, q)
-        return np.sqrt(np.maximum(part + qn.reshape(-1, *([1] * (part.ndim - 1))), 0.0))
+        d = np.sqrt(np.maximum(part + qn.reshape(-1, *([1] * (part.ndim - 1))), 0.0))
+        return d
 
     def _partial(self, q: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        block = q @ self.vectors[lo:hi].T  # (N, hi-lo)
+        block: np.ndarray = q @ self.vectors[lo:hi].T  # (N, hi-lo)
         if self.metric == "cosine":
-            return np.negative(block, out=block)
+            np.negative(block, out=block)
+            return block
         block *= -2.0
         block += self.sq_norms[lo:hi]
         return block
@@ -176,12 +187,14 @@ class SampleIndex:
         d = self.distances(queries)
         if d.shape[1] == 0:
             return d
-        return np.minimum.reduceat(d, self.group_starts, axis=1)
+        per: np.ndarray = np.minimum.reduceat(d, self.group_starts, axis=1)
+        return per
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    unit: np.ndarray = (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    return unit
 
 
 class Matcher:

@@ -60,10 +60,15 @@ import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from stream.cpu import CpuInfo, cpu_info
+
+if TYPE_CHECKING:  # both load late: a small gallery needs neither
+    import onnxruntime as ort
+    import torch
 
 # Worker threads for the coarse pass (the deployment target has 2 cores shared by the stages).
 SEARCH_THREADS = max(1, min(2, os.cpu_count() or 1))
@@ -151,30 +156,31 @@ class _Packed:
     same two ops for frozen linear layers): the skinny (faces x rows) product then streams the
     block without re-laying it out on every call, about 1.6x faster than torch.mm here."""
 
-    def __init__(self, rows):
+    def __init__(self, rows: torch.Tensor):
         import torch
 
         self.rows = len(rows)
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(rows, 10)
+        self.weight: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(rows, 10)
 
-    def scores(self, qa):
+    def scores(self, qa: torch.Tensor) -> torch.Tensor:
         import torch
 
-        return torch.ops.mkldnn._linear_pointwise(qa, self.weight, None, "none", [], "")
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(qa, self.weight, None, "none", [], "")
+        return out
 
 
 class _Plain:
-    def __init__(self, rows):
+    def __init__(self, rows: torch.Tensor):
         self.rows = len(rows)
         self.weight = rows
 
-    def scores(self, qa):
+    def scores(self, qa: torch.Tensor) -> torch.Tensor:
         import torch
 
         return torch.mm(qa, self.weight.T)
 
 
-def _pack(rows):
+def _pack(rows: torch.Tensor) -> _Packed | _Plain:
     """Packed block if this torch has the oneDNN ops and they agree with torch.mm, else plain."""
     import torch
 
@@ -254,7 +260,7 @@ class Bf16Search(_Coarse):
 
         super().__init__(vectors, metric, threads)
         n, dim = self.vectors.shape
-        self.width = -(-(dim + _EXTRA) // 8) * 8
+        self.width: int = -(-(dim + _EXTRA) // 8) * 8
         # Fixed blocks of rows, at least one per worker; each pre-packed for oneDNN when possible.
         self.block = self._blocks(MAX_BLOCK_ROWS)
         self.starts = list(range(0, n, self.block))
@@ -309,7 +315,8 @@ class Bf16Search(_Coarse):
 
         def bound(c: np.ndarray, res_q: np.ndarray) -> np.ndarray:
             magnitudes = alpha * qt_norm * self.nb_max + b_terms + 2.0 * (base + c)
-            return dot_err + norm_b + res_q + gamma * magnitudes + _TINY
+            total: np.ndarray = dot_err + norm_b + res_q + gamma * magnitudes + _TINY
+            return total
 
         # c > D keeps every coarse score positive; D depends on c only through tiny terms.
         c = 2.0 * bound(2.0 * dot_err + 1e-6 * base, np.zeros(n_q)) + 1e-6 * base
@@ -327,10 +334,13 @@ class Bf16Search(_Coarse):
 
     @staticmethod
     def _limit(best: np.ndarray, d: np.ndarray) -> np.ndarray:
-        return (best * (1 + _RHO) + 2.0 * d) / (1 - _RHO)
+        lim: np.ndarray = (best * (1 + _RHO) + 2.0 * d) / (1 - _RHO)
+        return lim
 
     # ----- coarse pass -----------------------------------------------------------------------
-    def _scan(self, qa, d: np.ndarray, which: Iterable[int]):
+    def _scan(
+        self, qa: torch.Tensor, d: np.ndarray, which: Iterable[int]
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
         """Coarse scores of the blocks `which` yields: the running best per query and every row
         that was within L(running best) when seen (a superset of those within L(final best))."""
         import torch
@@ -449,7 +459,7 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def _int8_gemm_session(codes: np.ndarray):
+def _int8_gemm_session(codes: np.ndarray) -> ort.InferenceSession:
     """An ONNX Runtime session computing Y = (A - 128) @ (B - 128) with B = codes.T + 128 (u8,
     a constant that ORT pre-packs) for u8 query rows A: an exact int32 dot product of int8 codes.
     u8 x u8 on purpose: MLAS's u8 x s8 kernels on x86 without VNNI sum pairs of products in
@@ -507,7 +517,8 @@ class Int8Search(_Coarse):
         self.scale = 127.0 / top if top > 0 else 1.0
         self.block = self._blocks(MAX_INT8_BLOCK_ROWS)
         self.starts = list(range(0, n, self.block))
-        self.sessions, self.sq = [], []
+        self.sessions: list[ort.InferenceSession] = []
+        self.sq: list[np.ndarray] = []
         e_max = eta = 0.0
         for lo in self.starts:
             b = self.vectors[lo : lo + self.block]
@@ -523,7 +534,7 @@ class Int8Search(_Coarse):
     @property
     def nbytes(self) -> int:
         """Memory of the int8 codes and their squared norms (ORT keeps the codes pre-packed)."""
-        return len(self) * (self.vectors.shape[1] + 4)
+        return len(self) * (int(self.vectors.shape[1]) + 4)
 
     def _query(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(query codes + 128 as u8, |c_q|^2 (int64), per-query F = E + e_q)."""
@@ -538,9 +549,12 @@ class Int8Search(_Coarse):
         for the float64 arithmetic here)."""
         u = np.sqrt(best_sq) / self.scale + f
         lim = (np.sqrt(u * u + 2.0 * self.eta) + f) * self.scale
-        return lim * lim * (1 + 1e-9)
+        sq: np.ndarray = lim * lim * (1 + 1e-9)
+        return sq
 
-    def _scan(self, qa: np.ndarray, cq2: np.ndarray, f: np.ndarray, which: Iterable[int]):
+    def _scan(
+        self, qa: np.ndarray, cq2: np.ndarray, f: np.ndarray, which: Iterable[int]
+    ) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
         """Like Bf16Search._scan: the running best r^2 per query and every row that was within
         the limit of the running best when seen (a superset of those within the final limit)."""
         best = np.full(len(qa), np.inf)

@@ -90,7 +90,11 @@ def demo(
     with tempfile.TemporaryDirectory(prefix="facestream-demo-") as d:
         tmp = Path(d)
         gallery = tmp / "gallery.db"
-        overrides: dict[str, Any] = {"gallery": str(gallery), "outputs.record": str(record), "outputs.out": str(out)}
+        overrides: dict[str, Any] = {
+            "gallery": str(gallery),
+            "outputs.record": str(record),
+            "outputs.out": str(out),
+        }
         segments: list[Segment] = []
         if source is None:
             _enroll(gallery, ENROLL_NAME, photos[ENROLL_PHOTO])
