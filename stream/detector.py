@@ -17,7 +17,7 @@ Everything runs in torch on the chosen device (CPU or CUDA).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +25,16 @@ import torch
 
 from stream.detections import Detections as Detections  # re-export: it lives in stream/detections.py
 from stream.errors import FacestreamError, ModelMissingError
-from stream.mtcnn_nets import WEIGHT_FILES, PNet, load_net
+from stream.mtcnn_nets import WEIGHT_FILES, ONet, PNet, RNet, load_net
 from stream.nms import batched_nms
-from stream.pyramid import area_resize, crop_resize, integral_images
+from stream.pyramid import IntegralImages, area_resize, crop_resize, integral_images
 
 BACKENDS = ("auto", "torch")
 PNET_PIXELS_PER_CALL = 200_000  # input pixels per P-Net call on CPU (frames x strip rows x width)
 CPU_CHUNK = 64  # R-Net / O-Net candidates per call on CPU
+
+# One P-Net call: (first frame, frame count, level index, (scale, h, w), (row0, row1) of output rows)
+PNetCall = tuple[int, int, int, tuple[float, int, int], tuple[int, int]]
 
 
 def pyramid_scales(h: int, w: int, min_face_size: int, factor: float) -> list[tuple[float, int, int]]:
@@ -39,7 +42,7 @@ def pyramid_scales(h: int, w: int, min_face_size: int, factor: float) -> list[tu
     m = 12.0 / min_face_size
     minl = min(h, w) * m
     scale = m
-    out = []
+    out: list[tuple[float, int, int]] = []
     while minl >= 12:
         out.append((scale, int(h * scale + 1), int(w * scale + 1)))
         scale = scale * factor
@@ -47,7 +50,7 @@ def pyramid_scales(h: int, w: int, min_face_size: int, factor: float) -> list[tu
     return out
 
 
-def validate_frame(i: int, frame) -> None:
+def validate_frame(i: int, frame: object) -> None:
     if not isinstance(frame, np.ndarray):
         raise FacestreamError(
             f"frame {i}: expected a numpy array (H x W x 3 uint8 RGB), got {type(frame).__name__}"
@@ -77,7 +80,9 @@ def _bbreg(b: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
     return b + reg * (b[:, 2:] - b[:, :2] + 1).repeat(1, 2)
 
 
-def _crop_windows(boxes: torch.Tensor, frame: torch.Tensor, shapes: list[tuple[int, int]]):
+def _crop_windows(
+    boxes: torch.Tensor, frame: torch.Tensor, shapes: list[tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """facenet-pytorch's `pad`: truncate, clamp to the frame; crop rows [y - 1, ey), cols [x - 1, ex).
     Returns (y0, y1, x0, x1, valid): invalid windows (box entirely outside the frame) are empty."""
     t = boxes.trunc().to(torch.int64)
@@ -100,7 +105,7 @@ class MTCNN:
         weights_dir: Path | None = None,
         device: str | None = None,
         min_face_size: int = 20,
-        thresholds=(0.6, 0.7, 0.7),
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
         factor: float = 0.709,
         backend: str = "auto",
     ) -> None:
@@ -125,9 +130,9 @@ class MTCNN:
         self.factor = float(factor)
         self.backend = "torch"
         try:
-            self.pnet = load_net("pnet", self.weights_dir / "pnet.pt", self.device)
-            self.rnet = load_net("rnet", self.weights_dir / "rnet.pt", self.device)
-            self.onet = load_net("onet", self.weights_dir / "onet.pt", self.device)
+            self.pnet: PNet = load_net("pnet", self.weights_dir / "pnet.pt", self.device)
+            self.rnet: RNet = load_net("rnet", self.weights_dir / "rnet.pt", self.device)
+            self.onet: ONet = load_net("onet", self.weights_dir / "onet.pt", self.device)
         except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: one clear line
             raise FacestreamError(
                 f"MTCNN weights in {self.weights_dir} do not load ({str(e).splitlines()[0]}): "
@@ -171,7 +176,7 @@ class MTCNN:
                 out[orig] = Detections(boxes_np[sel], scores_np[sel], points_np[sel])
         return out
 
-    def _pnet_calls(self, ii):
+    def _pnet_calls(self, ii: IntegralImages) -> Iterator[PNetCall]:
         """(first frame, frame count, level index, (scale, h, w), (row0, row1) of P-Net output rows)
         for every P-Net call: small levels batch all same-size frames, large ones go in strips."""
         budget = self._pnet_pixels
@@ -194,22 +199,24 @@ class MTCNN:
                         yield f0, 1, level, (scale, oh, ow), (r0, min(out_h, r0 + rows))
             k += count
 
-    def _stage1(self, ii):
+    def _stage1(self, ii: IntegralImages) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """P-Net over the pyramid of every frame; NMS per frame and level (IoU 0.5), then per frame
         (IoU 0.7); box regression; squaring. Returns boxes (K, 4), scores (K,), frame ids (K,)."""
         dev = self.device
         thr = self.thresholds[0]
-        found, calls, scales = [], [], {}
-        for first, count, level, (scale, oh, ow), (o0, o1) in self._pnet_calls(ii):
-            in_rows = (2 * o0, min(2 * o1 + 10, oh))  # P-Net: 12-pixel window, stride 2
-            feat = self.pnet.trunk(area_resize(ii.frames(first, count), oh, ow, in_rows).permute(0, 3, 1, 2))
+        found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        calls: list[tuple[int, int, int, int]] = []  # (positions found, first frame, row0, level)
+        scales: dict[int, float] = {}
+        for f0, count, lvl, (s, oh, ow), (r0, r1) in self._pnet_calls(ii):
+            in_rows = (2 * r0, min(2 * r1 + 10, oh))  # P-Net: 12-pixel window, stride 2
+            feat = self.pnet.trunk(area_resize(ii.frames(f0, count), oh, ow, in_rows).permute(0, 3, 1, 2))
             prob = self.pnet.face_prob(feat)
             mask = prob >= thr
             nz = mask.nonzero()
             if nz.shape[0]:
                 found.append((nz, prob[mask], feat.permute(0, 2, 3, 1)[mask]))
-                calls.append((nz.shape[0], first, o0, level))
-                scales[level] = scale
+                calls.append((nz.shape[0], f0, r0, lvl))
+                scales[lvl] = s
         if not found:
             z = torch.zeros(0, device=dev)
             return z.view(0, 4), z, torch.zeros(0, dtype=torch.long, device=dev)
@@ -234,7 +241,9 @@ class MTCNN:
         wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
         return _rerec(boxes + reg * wh), scores, frame
 
-    def _run_on_crops(self, net, ii, boxes, frame, size):
+    def _run_on_crops(
+        self, net: RNet | ONet, ii: IntegralImages, boxes: torch.Tensor, frame: torch.Tensor, size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
         """Crop every box (facenet-pytorch's `pad` conventions), area-resize to size x size, run
         `net` in chunks. Returns (boxes, frame ids, net outputs) for the boxes with a non-empty crop."""
         y0, y1, x0, x1, valid = _crop_windows(boxes, frame, ii.shapes)
@@ -247,17 +256,19 @@ class MTCNN:
                 x0[valid],
                 x1[valid],
             )
-        outs = []
+        outs: list[tuple[torch.Tensor, ...]] = []
         crop_chunk = self._chunk * self._crops_per_net
         for i in range(0, boxes.shape[0], crop_chunk):
             s = slice(i, i + crop_chunk)
             crops = crop_resize(ii, frame[s], y0[s], y1[s], x0[s], x1[s], size).permute(0, 3, 1, 2)
-            outs += [net(c) for c in crops.split(self._chunk)]
+            outs += [net(c) for c in torch.split(crops, self._chunk)]
         if not outs:
             return boxes, frame, None
         return boxes, frame, [torch.cat(o) for o in zip(*outs, strict=True)]
 
-    def _stage2(self, ii, boxes, frame):
+    def _stage2(
+        self, ii: IntegralImages, boxes: torch.Tensor, frame: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """R-Net on 24 x 24 crops; threshold; NMS per frame (IoU 0.7); regression; squaring."""
         boxes, frame, out = self._run_on_crops(self.rnet, ii, boxes, frame, 24)
         if out is None:
@@ -268,7 +279,9 @@ class MTCNN:
         keep = batched_nms(boxes, prob, frame, 0.7, "iou")
         return _rerec(_bbreg(boxes[keep], reg[keep])), frame[keep]
 
-    def _stage3(self, ii, boxes, frame):
+    def _stage3(
+        self, ii: IntegralImages, boxes: torch.Tensor, frame: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """O-Net on 48 x 48 crops; threshold; landmarks; regression; NMS per frame ("min", 0.7)."""
         dev = self.device
         boxes, frame, out = self._run_on_crops(self.onet, ii, boxes, frame, 48)

@@ -38,7 +38,9 @@ def _overlap(bi: torch.Tensor, bj: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f"unknown NMS mode {mode!r}")
 
 
-def _suppression_edges(boxes: torch.Tensor, groups: torch.Tensor, threshold: float, mode: str):
+def _suppression_edges(
+    boxes: torch.Tensor, groups: torch.Tensor, threshold: float, mode: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs (i, j), i < j (rank order), in the same group, overlapping by more than threshold.
 
     Only pairs whose x-ranges intersect can overlap: sort by (group, x1); box a's partners are the

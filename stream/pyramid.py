@@ -27,7 +27,9 @@ import torch
 SCALE = 0.0078125  # MTCNN input scaling: (pixel - 127.5) * SCALE
 
 
-def bin_edges(n_in: torch.Tensor | int, n_out: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def bin_edges(
+    n_in: torch.Tensor | int, n_out: int, device: torch.device | str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Start (inclusive) and end (exclusive) input index of each of the n_out adaptive-pooling
     bins. n_in may be a tensor of K lengths: the result is then K x n_out."""
     i = torch.arange(n_out, device=device)
@@ -55,7 +57,9 @@ class IntegralImages:
         return self.flat[start : start + count * (h + 1) * (w + 1)].view(count, h + 1, w + 1, 3)
 
 
-def integral_images(frames: Sequence[np.ndarray], device: torch.device, buffer: np.ndarray | None = None):
+def integral_images(
+    frames: Sequence[np.ndarray], device: torch.device, buffer: np.ndarray | None = None
+) -> tuple[IntegralImages, np.ndarray | None]:
     """Integral images of `frames` (RGB uint8). On CPU `buffer` (the flat array of a previous call)
     is reused when large enough: no fresh 25 MB allocation, and no page faults, per 1080p frame.
     Returns (IntegralImages, buffer)."""
@@ -91,7 +95,9 @@ def integral_images(frames: Sequence[np.ndarray], device: torch.device, buffer: 
 
 
 @functools.lru_cache(maxsize=48)  # about three frame sizes
-def _resize_plan(h: int, w: int, out_h: int, out_w: int, device: torch.device):
+def _resize_plan(
+    h: int, w: int, out_h: int, out_w: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Table offsets of the four corners of every output pixel's bin (rows x columns), and the
     divisors, of one pyramid level; cached: video frames keep their size, so a stream of frames
     reuses the same dozen plans (about 12 bytes of index per output pixel)."""
