@@ -6,7 +6,7 @@ One `detect` call on F frames (sizes may differ):
 2. P-Net over every pyramid level; the levels come from the integral images (stream.pyramid),
    bit-identical to facenet-pytorch's area interpolation. Small levels run on all same-size frames
    in one call; large ones in horizontal strips (about 200k pixels per call: the intermediate
-   tensors then stay in cache and off the page-fault path, a quarter less P-Net time on CPU);
+   tensors then stay in cache and off the page-fault path; the gain: benchmarks/RESULTS.md, MTCNN);
    box regression is computed only where the face probability passes the threshold;
 3. NMS per frame and level, then per frame, all frames together (stream.nms);
 4. R-Net, then O-Net, on the candidate crops of every frame, resampled by one gather per chunk of
@@ -97,8 +97,8 @@ def _crop_windows(
 
 class MTCNN:
     """MTCNN face detector, batched. `backend` is kept for configuration compatibility: "auto" and
-    "torch" both run the nets in torch (measured faster than ONNX Runtime on CPU; see
-    stream.mtcnn_nets)."""
+    "torch" both run the nets in torch (faster than ONNX Runtime on CPU: benchmarks/RESULTS.md,
+    MTCNN)."""
 
     def __init__(
         self,

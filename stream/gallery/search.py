@@ -34,9 +34,9 @@ If j* is the true nearest and m = min_j out_j the coarse best, then
 so j* is among the candidates {j : out_j <= L(m) = (m (1 + rho) + 2 D) / (1 - rho)}: every sample
 within twice the coarse error of the coarse best is re-checked. The candidate set is adaptive (no
 fixed shortlist size): a gallery with many near-identical samples of one person just yields more
-candidates. For unit vectors D is about 0.007-0.014 in squared distance (~1e-2 in distance near
-0.6): a random 1M gallery leaves 1-2 candidates per query, 100 near-identical samples of one
-person up to ~80. tests/test_matcher_fast.py checks the bound's premises (fp32 accumulation, one
+candidates. For unit vectors D is small next to the distances that decide identity (its measured
+size, and how many candidates it leaves: benchmarks/RESULTS.md, 1:N search, "bf16 coarse pass").
+tests/test_matcher_fast.py checks the bound's premises (fp32 accumulation, one
 rounding) against the scores torch computes on the machine. The re-rank computes float64 distances from the float32 rows, so the chosen
 sample is the one an exhaustive float64 search picks (lowest index among exact ties).
 
@@ -154,7 +154,8 @@ def _search_pool() -> ThreadPoolExecutor:
 class _Packed:
     """A block of the bf16 matrix in oneDNN's blocked weight layout (torch's inductor uses the
     same two ops for frozen linear layers): the skinny (faces x rows) product then streams the
-    block without re-laying it out on every call, about 1.6x faster than torch.mm here."""
+    block without re-laying it out on every call, faster than torch.mm (by how much:
+    benchmarks/RESULTS.md, 1:N search, "bf16 coarse pass")."""
 
     def __init__(self, rows: torch.Tensor):
         import torch
@@ -293,7 +294,7 @@ class Bf16Search(_Coarse):
     @property
     def nbytes(self) -> int:
         """Memory of the bf16 copy (the float32 matrix it re-ranks from is the caller's)."""
-        # oneDNN's packed layout pads the row width to a multiple of 32 (measured: 136 -> 160).
+        # oneDNN's packed layout pads the row width to a multiple of 32 (136 -> 160: RESULTS.md).
         width = -(-self.width // 32) * 32 if self.packed else self.width
         return 2 * len(self) * width
 

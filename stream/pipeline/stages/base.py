@@ -216,8 +216,8 @@ def stage_threads(cfg: PipelineConfig, role: str) -> int:
     """Threads for one detect/embed worker: configured, or by default detection (the heavy stage) gets
     the cores shared among its workers and embedding half as many. This only works because stage
     threads sleep rather than spin when idle (OMP_WAIT_POLICY=PASSIVE from the supervisor, ONNX
-    Runtime spinning off): with spinning, detect's CPU time grew ~20x on 2 cores. Measured on the
-    1080p clip, 2 cores: detect 2 threads + passive 10.2 frames/s vs 1 thread 8.4."""
+    Runtime spinning off): spinning threads take the cores the other stages need. The measurements
+    behind both choices: benchmarks/RESULTS.md, Pipeline, "Stage threads"."""
     configured = cfg.detect.threads if role == Role.DETECT else cfg.embed.threads
     if configured:
         return configured

@@ -37,8 +37,9 @@ def load_detector(cfg: PipelineConfig) -> MTCNN:
 
 
 def warm_up(detector: MTCNN) -> None:
-    """The first calls at new sizes are ~10x slower (runtime allocations): pay that before reporting ready,
-    not on a live camera's first second. Noise at two common sizes covers the pyramid's shapes."""
+    """The first calls at new sizes are much slower (runtime allocations; benchmarks/RESULTS.md,
+    Pipeline): pay that before reporting ready, not on a live camera's first second. Noise at two
+    common sizes covers the pyramid's shapes."""
     rng = np.random.default_rng(0)
     for h, w in ((1080, 1920), (360, 640)):
         detector.detect([rng.integers(0, 255, (h, w, 3), dtype=np.uint8)])
