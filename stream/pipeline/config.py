@@ -130,8 +130,9 @@ class DetectConfig(StageConfig):
 
 
 class EmbedConfig(StageConfig):
-    # fp32 reproduces the reference model; int8 (where the build made one) is ~2x faster on CPU,
-    # embeddings within L2 ~0.04 of fp32; auto = int8 on CPU when available, else fp32.
+    # fp32 reproduces the reference model; int8 (where the build made one) is faster on CPU, its
+    # embeddings close to fp32's (both measured: benchmarks/RESULTS.md); auto = int8 on CPU when
+    # available, else fp32.
     precision: Literal["fp32", "int8", "auto"] = "fp32"
 
 
