@@ -5,10 +5,10 @@ Precision: "fp32" runs the exported model; "int8" the statically quantised one t
 against it (model.int8.onnx, manifest key "int8"; faster on CPUs with int8 dot products, see
 benchmarks/RESULTS.md); "auto" takes int8 on CPU where the published model has it and fp32 otherwise
 (and always on CUDA, whose provider has no fast path for these QDQ graphs). The default is fp32: it
-reproduces dlib's own descriptors, and int8 is a speed option a deployment chooses knowingly. An int8 file verified on
-another family of int8 kernels is rechecked here on real faces first (stream.int8_check); if it
-fails, fp32 runs instead, with one warning. Which provider and precision run is logged once per
-model."""
+reproduces dlib's own descriptors, and int8 is a speed option a deployment chooses knowingly. An
+int8 file verified on another family of int8 kernels is rechecked here on real faces first
+(stream.int8_check); if it fails, fp32 runs instead, with one warning. Which provider and precision
+run is logged once per model."""
 
 from __future__ import annotations
 
