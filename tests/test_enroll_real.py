@@ -12,12 +12,12 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from waiting import wait_until
 
 from stream import cli
 from stream.gallery import commands
@@ -265,14 +265,17 @@ def test_kill_9_while_enrolling_keeps_committed_samples_whole(run, knn, tmp_path
         stderr=subprocess.PIPE,
     )
     seen: dict[str, list[bytes]] = {}
-    deadline = time.time() + 90
+
+    def three_committed_or_ended() -> bool:
+        if proc.poll() is not None:
+            return True
+        if gallery.exists():
+            seen.clear()
+            seen.update(committed(gallery))
+        return len(seen) >= 3
+
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if gallery.exists():
-                seen = committed(gallery)
-                if len(seen) >= 3:
-                    break
-            time.sleep(0.02)
+        wait_until(three_committed_or_ended, 90, "three people committed", every=0.02)
         assert proc.poll() is None, f"enroll ended before it could be killed: {proc.stderr.read()[-500:]!r}"
         proc.kill()  # SIGKILL: no cleanup, no rollback, possibly mid-transaction
         proc.wait(10)

@@ -223,6 +223,8 @@ def test_bad_references_are_bad_messages(ref, shape, dtype):
 
 
 def test_stage_pixels_count_an_overwritten_frame_as_a_drop(ring_dir, tmp_path):
+    from prometheus_client import REGISTRY
+
     from stream.pipeline import metrics
 
     cfg = config.load(None, {"sources": [{"url": "a.mp4"}], "transport": {"shm_dir": str(ring_dir)}})
@@ -233,12 +235,17 @@ def test_stage_pixels_count_an_overwritten_frame_as_a_drop(ring_dir, tmp_path):
     msg = wire.decode(
         wire.encode(wire.frame_message("cam0", 0, None, ref=wire.FrameRef(name, slot, img.shape)))
     )
-    counter = metrics.get().frames_dropped_total.labels("detect", "cam0", "overwritten")
-    before = counter._value.get()
+    metrics.get()
+    labels = {"stage": "detect", "camera": "cam0", "reason": "overwritten"}
+
+    def dropped() -> float:
+        return REGISTRY.get_sample_value("facestream_frames_dropped_total", labels) or 0.0
+
+    before = dropped()
     assert pixels.load(msg) and np.array_equal(msg.frame, img)
     w.write(img, 2)  # slot 0 again, while "detect" works on frame 0
     assert not pixels.check(msg)
-    assert counter._value.get() - before == 1
+    assert dropped() - before == 1
     nxt = wire.eos_message("cam0", 3)
     pixels.carry(nxt)  # the drop rides on the camera's next message: the sink's count stays exact
     assert nxt.skipped == 1

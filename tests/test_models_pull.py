@@ -5,12 +5,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from waiting import wait_until
 
 from facestream_models import build
 from facestream_models.sources import FACENET_PYTORCH
@@ -148,9 +148,9 @@ def test_sigterm_mid_build_publishes_nothing_and_cleans_up(tmp_path, models_home
         text=True,
     )
     models = tmp_path / "models"
-    deadline = time.monotonic() + 60
-    while not list(models.glob(".build-*/model")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(
+        lambda: list(models.glob(".build-*/model")) or proc.poll() is not None, 60, "the build to start"
+    )
     assert proc.poll() is None, "the build finished before it could be interrupted"
     proc.terminate()
     _, err = proc.communicate(timeout=60)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 import zmq
+from waiting import wait_until
 
 from stream.errors import FacestreamError
 from stream.pipeline import config, security, transport, wire
@@ -182,16 +183,36 @@ def recv(sock: zmq.Socket, timeout_ms: int) -> wire.Message | None:
     return wire.decode(sock.recv_multipart(copy=False))
 
 
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
 def stray_client(curve_keys: tuple[bytes, bytes] | None, server_key: bytes, endpoint: str):
-    """A PULL on its own plain context: CURVE with the given pair, or plaintext (None)."""
+    """A PULL on its own plain context: CURVE with the given pair, or plaintext (None). Its refused
+    handshakes are reported on its monitor socket (see `refused`)."""
     ctx = zmq.Context()
     s = ctx.socket(zmq.PULL)
     s.linger = 0
     if curve_keys is not None:
         s.curve_publickey, s.curve_secretkey = curve_keys
         s.curve_serverkey = server_key
+    s.get_monitor_socket(HANDSHAKE_FAILED)  # before connect: every attempt is seen
     s.connect(endpoint)
     return ctx, s
+
+
+def refused(sock: zmq.Socket, timeout_s: float) -> bool:
+    """A stray client has tried the server and its handshake was refused (the event, not a guess at
+    how long a retry takes); then its monitor is closed."""
+    monitor = sock.get_monitor_socket()
+    try:
+        return bool(monitor.poll(int(timeout_s * 1000)))  # only handshake failures are monitored
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
 
 
 def test_detect_stage_over_curve_serves_only_allowed_clients(models_home, tmp_path, keys):
@@ -216,16 +237,18 @@ def test_detect_stage_over_curve_serves_only_allowed_clients(models_home, tmp_pa
         intruder = zmq.auth.load_certificate(keys["intruder"] / "client.key_secret")
         detect_out = cfg_a.endpoint("detect", 0)
         strays = [stray_client(intruder, server_b, detect_out), stray_client(None, server_b, detect_out)]
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "run-b" / "ready-detect-0").exists():
+
+        def ready() -> bool:
             assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "detect stage not ready"
-            time.sleep(0.1)
+            return (tmp_path / "run-b" / "ready-detect-0").exists()
+
+        wait_until(ready, 120, "the detect stage to be ready")
 
         # PUSH deals round-robin to connected peers: had a stray client got through, it would take
         # most of these frames. The allowed client gets every one, in order. (The strays retry their
-        # connection every 100 ms: give them time to try against the now bound stage.)
-        time.sleep(0.5)
+        # connection every 100 ms: wait until each has tried the now bound stage and been refused.)
+        for _, s in strays:
+            assert refused(s, 30), "a stray client never tried the bound stage"
         n = 6
         for seq in range(n):
             transport.send(push, frame(seq))
@@ -264,20 +287,25 @@ def test_detect_stage_over_curve_serves_only_allowed_clients(models_home, tmp_pa
         proc.wait(10)
         for c, s in strays:
             s.close(linger=0)
-            c.term()
+            c.destroy(linger=0)  # and the monitor socket, if the test stopped before `refused`
         ctx.destroy(linger=0)
 
 
 def retry_bind(bind):
     """A port just closed in this process may take a moment to be free again."""
-    for _ in range(50):
+    bound = []
+
+    def attempt() -> bool:
         try:
-            return bind()
+            bound.append(bind())
         except zmq.ZMQError as e:
             if e.errno != zmq.EADDRINUSE:
                 raise
-            time.sleep(0.05)
-    raise AssertionError("the port stayed busy")
+            return False
+        return True
+
+    wait_until(attempt, 2.5, "the port to be free (it stayed busy)")
+    return bound[0]
 
 
 def test_results_pub_for_dashboards_is_curve_too(tmp_path, keys):

@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from waiting import wait_until, while_running
 
 CLIP = "video/facenet-pytorch-video.mp4"
 CLIP_FRAMES = 105
@@ -59,14 +60,6 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> int:
 
 def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def wait_for(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def scrape(port: int) -> str:
@@ -189,14 +182,13 @@ def full_run(shared_data: Path, models_home: Path, tmp_path_factory):
         config=FULL_CONFIG,
     )
     best: dict[str, float] = {}
-    while proc.poll() is None:  # scrape during the run: the endpoint goes away with the run
+    for _ in while_running(proc, every=1.0):  # scrape during the run: the endpoint goes away with it
         text = scrape(port)
         for stage in ("detect", "embed", "match"):
             best[stage] = max(best.get(stage, 0), sample(text, "facestream_stage_seconds_count", stage=stage))
         best["e2e"] = max(best.get("e2e", 0), sample(text, "facestream_e2e_latency_seconds_count"))
         best["queue"] = max(best.get("queue", 0), sample(text, "facestream_queue_wait_seconds_count"))
         best["batch"] = max(best.get("batch", 0), sample(text, "facestream_batch_size_count", stage="detect"))
-        time.sleep(1.0)
     rc = finish(proc)
     return {
         "rc": rc,
@@ -301,7 +293,7 @@ def test_a_camera_waited_for_retries_while_the_other_camera_runs(small_clip, mod
         config="capture: {reconnect_initial_s: 0.2, reconnect_max_s: 1.0, open_timeout_s: forever}\n",
     )
     # The file camera completes although the other fails; the rtsp camera retries until we stop.
-    wait_for(lambda: len(lines(out)) >= 10 or proc.poll() is not None, 180, "cam0's frames")
+    wait_until(lambda: len(lines(out)) >= 10 or proc.poll() is not None, 180, "cam0's frames")
     proc.send_signal(signal.SIGINT)
     rc = finish(proc)
     text = err.read_text()
@@ -316,7 +308,7 @@ def test_a_camera_waited_for_retries_while_the_other_camera_runs(small_clip, mod
 def test_sigint_drains_and_leaves_valid_jsonl(small_clip, models_home, tmp_path):
     out = tmp_path / "r.jsonl"
     proc, err = start(tmp_path, "--source", str(small_clip), "--out", str(out))
-    wait_for(lambda: len(out.read_text().splitlines()) >= 3 if out.exists() else False, 180, "3 results")
+    wait_until(lambda: len(out.read_text().splitlines()) >= 3 if out.exists() else False, 180, "3 results")
     proc.send_signal(signal.SIGINT)
     assert finish(proc, 60) == 0, err.read_text()[-2000:]
     rows = lines(out)  # every line parses
@@ -336,7 +328,7 @@ def test_killed_detect_worker_is_restarted(small_clip, models_home, tmp_path):
         str(out),
         config="transport: {hwm: 2}\ndetect: {max_batch: 4}\n",
     )
-    wait_for(lambda: len(out.read_text().splitlines()) >= 5 if out.exists() else False, 180, "5 results")
+    wait_until(lambda: len(out.read_text().splitlines()) >= 5 if out.exists() else False, 180, "5 results")
     (victim,) = children(proc.pid, "detect")
     os.kill(victim, signal.SIGKILL)
     assert finish(proc) == 0, err.read_text()[-2000:]
@@ -374,9 +366,8 @@ def test_frames_travel_through_shm_rings_and_nothing_is_left(small_clip, models_
         cfg = f"transport: {{shm: {str(shm).lower()}}}\n"
         proc, err = start(d, "--source", str(clip), "--out", str(out), "--record", str(record), config=cfg)
         rings: set[str] = set()
-        while proc.poll() is None:
+        for _ in while_running(proc, every=0.05):
             rings |= {p.name for r in ring_dirs(proc.pid) for p in r.glob("*.ring")}
-            time.sleep(0.05)
         assert finish(proc) == 0, err.read_text()[-2000:]
         assert not ring_dirs(proc.pid), "ring directory left in /dev/shm"
         assert bool(rings) == shm, rings
@@ -393,7 +384,7 @@ def test_frames_travel_through_shm_rings_and_nothing_is_left(small_clip, models_
 def test_sigint_leaves_no_ring_behind(small_clip, models_home, tmp_path):
     out = tmp_path / "r.jsonl"
     proc, err = start(tmp_path, "--source", str(small_clip), "--out", str(out))
-    wait_for(lambda: len(out.read_text().splitlines()) >= 2 if out.exists() else False, 180, "2 results")
+    wait_until(lambda: len(out.read_text().splitlines()) >= 2 if out.exists() else False, 180, "2 results")
     assert ring_dirs(proc.pid), "no ring in /dev/shm during an ipc run"
     proc.send_signal(signal.SIGINT)
     assert finish(proc, 60) == 0, err.read_text()[-2000:]

@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from waiting import wait_until
 
 from stream.pipeline import config, transport, wire
 
@@ -60,11 +60,12 @@ def detect_stage(models_home: Path, tmp_path: Path):
     # We stand where the capture and the embed stage would: bind capture-0's output, pull detect-0's.
     push = transport.socket(ctx, zmq.PUSH, bind=cfg.endpoint("capture", 0), hwm=10, linger_ms=0)
     pull = transport.socket(ctx, zmq.PULL, connect=[cfg.endpoint("detect", 0)], hwm=10, linger_ms=0)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "ready-detect-0").exists():
+
+    def ready() -> bool:
         assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "detect stage not ready"
-        time.sleep(0.1)
+        return (tmp_path / "ready-detect-0").exists()
+
+    wait_until(ready, 120, "the detect stage to be ready")
     yield proc, push, pull, port
     proc.terminate()
     proc.wait(10)

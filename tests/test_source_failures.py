@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import pytest
 from test_sources import closed_port, serve_video
+from waiting import wait_until
 
 FAST = "capture: {reconnect_initial_s: 0.2, reconnect_max_s: 0.5, open_timeout_s: 1.5}\n"
 RUN_LIMIT_S = 120  # model loading on a busy 2-core machine; the runs themselves take seconds
@@ -153,14 +154,15 @@ def test_wait_forever_source_keeps_retrying_until_ctrl_c(models_home, tmp_path):
     proc = run(tmp_path, config, "--metrics-port", str(port))
     err = tmp_path / "stderr.txt"
     retries: list[str] = []
-    deadline = time.monotonic() + RUN_LIMIT_S
-    while proc.poll() is None and time.monotonic() < deadline:
-        retries = [
-            ln for ln in err.read_text().splitlines() if f"camera gate down: {url}: connection refused" in ln
-        ]
-        if retries and stamp(retries[-1]) - stamp(retries[0]) > 3.0:  # twice the default timeout
-            break
-        time.sleep(0.2)
+
+    def retried_past_the_default_or_ended() -> bool:
+        if proc.poll() is not None:
+            return True
+        down = f"camera gate down: {url}: connection refused"
+        retries[:] = [ln for ln in err.read_text().splitlines() if down in ln]
+        return bool(retries) and stamp(retries[-1]) - stamp(retries[0]) > 3.0  # twice the default timeout
+
+    wait_until(retried_past_the_default_or_ended, RUN_LIMIT_S, "retries over 3 s", every=0.2)
     assert proc.poll() is None, err.read_text()[-3000:]  # the 1.5 s default did not end the run
     assert len(retries) >= 4 and not any("gives up" in ln for ln in retries)
     metrics = scrape(port)
@@ -212,8 +214,10 @@ def test_a_camera_that_opened_once_is_retried_forever_even_by_a_restarted_captur
 
 
 def until(cond, proc: subprocess.Popen, what: str, timeout: float = RUN_LIMIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
+    def met() -> bool:
+        if cond():
+            return True
         assert proc.poll() is None, f"the run ended while waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+        return False
+
+    wait_until(met, timeout, what, every=0.1)

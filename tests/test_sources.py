@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from waiting import wait_until
 
 from stream.errors import FacestreamError
 from stream.pipeline import config, sources
@@ -115,7 +116,7 @@ def test_live_feed_to_closed_port_reports_down_and_retries():
         lambda: reconnects.append(1),
     )
     feed.start()
-    time.sleep(0.8)
+    wait_until(lambda: len(reconnects) >= 2, 10.0, "two reconnect attempts")
     feed.stop()
     assert states and not any(up for up, _ in states)
     assert url in states[0][1] and "retrying" in states[0][1]
@@ -139,7 +140,7 @@ class FakeCamera:
         self.opened += 1
 
     def read(self):
-        time.sleep(0.01)
+        time.sleep(0.01)  # the camera's frame interval (100 fps)
         self.i += 1
         if self.drop_after is not None and self.i == self.drop_after:
             return None
@@ -154,7 +155,9 @@ def test_live_feed_hands_out_only_the_latest_frame():
     feed = sources.LiveFeed(cam, sources.Backoff(0.01, 0.1), lambda up, why: None)
     feed.start()
     first = feed.latest(1.0)
-    time.sleep(0.2)  # a busy consumer: ~20 frames arrive meanwhile
+    seen = feed.frames_read
+    # A busy consumer: 20 frames arrive meanwhile.
+    wait_until(lambda: feed.frames_read >= seen + 20, 10.0, "20 frames while the consumer is busy")
     frame, index = feed.latest(1.0)
     feed.stop()
     assert first is not None and index > first[1] + 5
@@ -288,6 +291,6 @@ def test_a_stream_that_ends_at_once_is_reopened_with_backoff():
     cam = Flapping()
     feed = sources.LiveFeed(cam, sources.Backoff(0.1, 0.1), lambda up, why: None)
     feed.start()
-    time.sleep(0.55)
+    time.sleep(0.55)  # a rate is counted over a fixed time
     feed.stop()
     assert 3 <= cam.opened <= 7, cam.opened  # ~one per 0.1 s (it was thousands)
