@@ -23,11 +23,11 @@ import cv2
 import numpy as np
 
 from stream.errors import FacestreamError
+from stream.imageio import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 OPEN_TIMEOUT_MS = 5000
 PROBE_TIMEOUT_S = 1.0
 STOP_WAIT_S = 1.0  # how long stop() waits for the reader thread
