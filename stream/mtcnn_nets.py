@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +126,7 @@ class PNet(nn.Module):
         """Cache the heads in the form the detector uses (after the weights are loaded)."""
         w = self.conv4_1.weight.flatten(1)
         b = self.conv4_1.bias
+        assert b is not None and self.conv4_2.bias is not None  # nn.Conv2d's default: with bias
         self._margin_w = (w[1] - w[0]).contiguous()
         self._margin_b = b[1] - b[0]
         self._reg_w = self.conv4_2.weight.flatten(1).t().contiguous()
@@ -142,7 +144,9 @@ class PNet(nn.Module):
         """Box regression for feature vectors K x 32 (features at chosen positions) -> K x 4."""
         if not hasattr(self, "_reg_w"):
             self.prepare()
-        return torch.addmm(self.conv4_2.bias, feat_rows, self._reg_w)
+        bias = self.conv4_2.bias
+        assert bias is not None
+        return torch.addmm(bias, feat_rows, self._reg_w)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feat = self.trunk(x)
@@ -216,12 +220,23 @@ class ONet(nn.Module):
 NETS: dict[str, type[nn.Module]] = {"pnet": PNet, "rnet": RNet, "onet": ONet}
 
 
+@overload
+def load_net(name: Literal["pnet"], path: Path, device: str | torch.device = ...) -> PNet: ...
+@overload
+def load_net(name: Literal["rnet"], path: Path, device: str | torch.device = ...) -> RNet: ...
+@overload
+def load_net(name: Literal["onet"], path: Path, device: str | torch.device = ...) -> ONet: ...
+@overload
+def load_net(name: str, path: Path, device: str | torch.device = ...) -> nn.Module: ...
+
+
 def load_net(name: str, path: Path, device: str | torch.device = "cpu") -> nn.Module:
     """Build net `name` ("pnet", "rnet", "onet") and load its state dict from `path` (strict)."""
     net = NETS[name]()
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
-    net = net.eval().requires_grad_(False).to(device, memory_format=CL)
+    # Module.to takes memory_format at run time (it passes it on to Tensor.to); torch's stubs omit it.
+    net.eval().requires_grad_(False).to(device, memory_format=CL)  # type: ignore[call-overload]
     if isinstance(net, PNet):
         net.prepare()
     return net
