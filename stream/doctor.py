@@ -18,16 +18,14 @@ import errno
 import json
 import os
 import platform
-import re
 import shutil
 import socket
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stream.cpu import ARM_FEATURES, X86_FEATURES, cpu_info
+from stream.gpu import ort_cuda_usable
 
 if TYPE_CHECKING:
     from stream.pipeline.config import PipelineConfig
@@ -122,7 +120,7 @@ def _runtimes(notes: dict[str, list[str]]) -> dict[str, Any]:
     providers = ort.get_available_providers()
     o: dict[str, Any] = {"version": ort.__version__, "providers": providers, "cuda": False}
     if "CUDAExecutionProvider" in providers:
-        o["cuda"], err = _ort_cuda_works()
+        o["cuda"], err = ort_cuda_usable()
         if err:
             o["cuda_error"] = err
     return {
@@ -132,39 +130,6 @@ def _runtimes(notes: dict[str, list[str]]) -> dict[str, Any]:
         "numpy": numpy.__version__,
         "opencv": cv2.__version__,
     }
-
-
-def _ort_cuda_works() -> tuple[bool, str | None]:
-    """Build a one-node session on the CUDA provider. onnxruntime-gpu lists CUDA on any machine and
-    falls back to CPU when its libraries or the GPU are missing, saying why only on the C++ stderr:
-    catch that line, so the report carries the reason instead of a red log line."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CUDAExecutionProvider"])
-            works, err = "CUDAExecutionProvider" in s.get_providers(), None
-        except Exception as e:  # noqa: BLE001 - a provider that cannot start is the answer
-            works, err = False, str(e)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        captured.seek(0)
-        log = re.sub(r"\x1b\[[0-9;]*m", "", captured.read().decode(errors="replace"))
-    if works:
-        return True, None
-    reason = re.search(r"with error: (.*)", log) or re.search(r"\] (.+)", log)
-    return False, _one_line(err or (reason.group(1) if reason else "session fell back to CPU"))
 
 
 def _models(home: Path | None, notes: dict[str, list[str]]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from stream.align import crop_faces
 from stream.errors import FacestreamError
+from stream.gpu import ort_cuda_usable
 from stream.int8_check import accept_int8
 from stream.modelstore import ONNX_FILE, model_path, read_manifest
 from stream.registry import DEFAULT_EMBEDDER, CropSpec, ModelSpec, get_spec
@@ -35,21 +36,10 @@ PRECISIONS = ("auto", "fp32", "int8")
 
 def _providers(device: str | None) -> list[str]:
     available = ort.get_available_providers()
-    want_cuda = device in (None, "cuda") and "CUDAExecutionProvider" in available and _gpu_present()
+    want_cuda = device in (None, "cuda") and "CUDAExecutionProvider" in available and ort_cuda_usable()[0]
     if device == "cuda" and not want_cuda:
         raise FacestreamError("device 'cuda' requested but ONNX Runtime has no usable CUDA provider")
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
-
-
-def _gpu_present() -> bool:
-    # onnxruntime-gpu lists the CUDA provider even on machines without a GPU; ask torch (already a
-    # dependency) whether a device really exists, so no session is built on a provider that fails.
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001 - no torch / broken CUDA install: CPU it is
-        return False
 
 
 class Embedder:
