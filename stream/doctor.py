@@ -140,6 +140,8 @@ def _models(home: Path | None, notes: dict[str, list[str]]) -> dict[str, Any]:
     for m in items:
         if m["state"] == "damaged":
             notes["problems"].append(f"model {m['name']} is damaged: {'; '.join(m['problems'])}")
+        if m["state"] == "outdated":
+            notes["warnings"].append(f"model {m['name']} {m['problems'][-1]}")
     missing = [m["name"] for m in items if m["name"] in DEFAULT_MODELS and m["state"] == "not built"]
     if missing:
         notes["warnings"].append(
@@ -169,16 +171,12 @@ def _embedder(
     from stream.errors import FacestreamError
     from stream.modelstore import read_manifest
 
-    ort_cuda, torch_gpu = runtimes["onnxruntime"]["cuda"], runtimes["torch"]["cuda"]
-    # stream.embedder asks torch whether a GPU exists before it asks ONNX Runtime for CUDA.
-    on_cuda = cfg.embed.device in (None, "cuda") and ort_cuda and torch_gpu
-    if ort_cuda and not torch_gpu and cfg.embed.device != "cpu":
-        notes["warnings"].append(
-            "ONNX Runtime can use CUDA, but torch sees no GPU (a CPU build?), so embedding runs on CPU"
-        )
+    # The same probe (stream.gpu) decides the embedder's provider.
+    on_cuda = cfg.embed.device in (None, "cuda") and runtimes["onnxruntime"]["cuda"]
     state = next((m["state"] for m in models["items"] if m["name"] == cfg.model), "not built")
+    runs = state in ("ok", "outdated")
     try:
-        int8 = read_manifest(cfg.model, cfg.home).get("int8") if state == "ok" else None
+        int8 = read_manifest(cfg.model, cfg.home).get("int8") if runs else None
     except FacestreamError:
         int8 = None
     here = cpu_info().int8_kernel
@@ -192,7 +190,7 @@ def _embedder(
     want = cfg.embed.precision
     has_int8 = info["state"] in ("verified", "unrecorded")
     precision = "int8" if has_int8 and (want == "int8" or (want == "auto" and not on_cuda)) else "fp32"
-    if want == "int8" and not has_int8 and state == "ok":
+    if want == "int8" and not has_int8 and runs:
         notes["problems"].append(
             f"embed.precision is int8 but {cfg.model} has no int8 model ({info.get('reason', 'none built')})"
         )
@@ -201,7 +199,7 @@ def _embedder(
         "state": state,
         "provider": "CUDAExecutionProvider" if on_cuda else "CPUExecutionProvider",
         "configured_precision": want,
-        "precision": precision if state == "ok" else None,
+        "precision": precision if runs else None,
         "int8": info,
     }
 
@@ -376,11 +374,13 @@ def _model(m: dict[str, Any]) -> str:
         )
     if m["state"] == "not built":
         return f"not built (`facestream models pull {m['name']}`)"
+    if m["state"] == "outdated":
+        return f"outdated: {m['problems'][-1]}"
     return "DAMAGED: " + "; ".join(m["problems"])
 
 
 def _embedder_line(e: dict[str, Any]) -> str:
-    if e["state"] != "ok":
+    if e["precision"] is None:
         return f"{e['model']} {e['state']}"
     return (
         f"{e['model']} in {e['precision']} on {e['provider']} (embed.precision {e['configured_precision']})"

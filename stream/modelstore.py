@@ -47,8 +47,9 @@ def read_manifest(name: str, home: Path | None = None) -> dict[str, Any]:
 
 @dataclass
 class ModelCheck:
-    """What `check_model` found. state: "ok" | "not built" | "damaged" (`problems` says why, the
-    last one how to fix it)."""
+    """What `check_model` found. state: "ok" | "outdated" (complete, but published by an older build:
+    usable, and the next `models pull` rebuilds it) | "not built" | "damaged" (`problems` says why,
+    the last one how to fix it)."""
 
     name: str
     state: str = "ok"
@@ -60,7 +61,7 @@ class ModelCheck:
     @property
     def built(self) -> bool:
         """Complete, and published by this version's build."""
-        return self.state == "ok" and self.build_format == BUILD_FORMAT
+        return self.state == "ok"
 
 
 def check_model(name: str, home: Path | None = None, verify_sha256: bool = False) -> ModelCheck:
@@ -94,6 +95,9 @@ def check_model(name: str, home: Path | None = None, verify_sha256: bool = False
     if out.problems:
         out.state = "damaged"
         out.problems.append(f"rebuild with `facestream models pull --force {name}`")
+    elif out.build_format != BUILD_FORMAT:
+        out.state = "outdated"
+        out.problems.append(f"built by an older facestream: rebuild with `facestream models pull {name}`")
     return out
 
 

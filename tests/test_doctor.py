@@ -176,3 +176,21 @@ def test_benchmark_header_names_the_machine() -> None:
     cpu = cpu_info()
     assert text.startswith(f"machine: {cpu.model}") and f"int8 kernel {cpu.int8_kernel}" in text
     assert "torch " in text and "onnxruntime " in text and "models: " in text
+
+
+def test_model_from_an_older_build_is_outdated_not_damaged(tmp_path: Path, models_home: Path) -> None:
+    from stream.modelstore import is_built
+
+    home = linked_home(tmp_path, models_home)
+    manifest_path = home / "models" / "mtcnn" / "model.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["build_format"] = manifest["build_format"] - 1
+    manifest_path.unlink()  # a link to the real manifest: write a copy
+    manifest_path.write_text(json.dumps(manifest))
+    rc, report = doctor_json(home)
+    mtcnn = models_by_name(report)["mtcnn"]
+    assert rc == 0 and mtcnn["state"] == "outdated", report  # still runs: a warning, not a problem
+    assert any("mtcnn built by an older facestream" in w for w in report["warnings"])
+    assert not is_built("mtcnn", home)  # so the next `models pull` rebuilds it
+    rc, out = doctor(home)
+    assert "model mtcnn:            outdated: built by an older facestream" in out
