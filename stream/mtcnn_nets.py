@@ -4,22 +4,14 @@ and the build (facestream_models.mtcnn) checks and publishes the weights.
 
 The forward passes compute what facenet-pytorch's modules compute (to float rounding), written for
 speed on CPU: channels-last tensors (oneDNN convolutions; facenet-pytorch's NCHW is slower), large
-max pools as separable strided maxima (torch's channels-last max_pool2d is 3x slower there; exact),
+max pools as separable strided maxima (torch's channels-last max_pool2d is slower there; exact),
 and each net returning only the face probability instead of both softmax channels. P-Net also
 exposes its trunk and heads separately so that the detector can run it in strips and compute box
 regression only where a face is likely.
 
-Measured on the 2-core dev CPU (one thread, CPU ms; ONNX exports of these same nets, opset 17,
-all graph optimisations):
-
-    net (input)                           facenet-pytorch (NCHW)   this module   ONNX Runtime 1.31
-    P-Net, 1080p level 0 (649 x 1153)     60                       24            62
-    R-Net, 800 crops 24 x 24              136                      22            65
-    O-Net, 50 crops 48 x 48               39                       9             18
-
-(this module as the detector calls it: P-Net in strips of 64 output rows, R-Net / O-Net in chunks
-of 64). Torch is 2-3x faster than ONNX Runtime here, so the detector runs the nets in torch on CPU
-as on GPU, and no ONNX export is built.
+Torch runs these nets faster than ONNX Runtime on CPU, so the detector runs them in torch on CPU as
+on GPU, and no ONNX export is built. The timings per net (against facenet-pytorch and ONNX Runtime)
+and of each choice above: benchmarks/RESULTS.md, MTCNN.
 """
 
 from __future__ import annotations
@@ -71,7 +63,7 @@ def _max_pool_axis(x: torch.Tensor, k: int, s: int, dim: int) -> torch.Tensor:
 
 def max_pool(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
     """F.max_pool2d(x, k, s, ceil_mode=True), bit for bit (k <= 3). Large tensors: two separable
-    passes of strided maxima (torch's channels-last max_pool2d is 3x slower there); small ones:
+    passes of strided maxima (torch's channels-last max_pool2d is slower there: RESULTS.md); small ones:
     torch's own (fewer operator calls). Channels-last result."""
     if x.numel() <= 300_000 or x.device.type != "cpu":
         return F.max_pool2d(x, k, s, ceil_mode=True)
@@ -82,8 +74,8 @@ def max_pool(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
 def prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """F.prelu(x, weight), bit for bit, for a channels-last N x C x H x W tensor. Seen as rows of
     W * C values with the weight tiled W times, the per-channel weight runs along the contiguous
-    axis: torch then vectorises it (7x faster for P-Net's 10 channels, whose channels-last PReLU
-    otherwise takes a scalar loop)."""
+    axis: torch then vectorises it (much faster for P-Net's 10 channels, whose channels-last PReLU
+    otherwise takes a scalar loop: RESULTS.md)."""
     n, c, h, w = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(n * h, w * c)  # a view when x is channels-last
     return F.prelu(rows, weight.repeat(w)).view(n, h, w, c).permute(0, 3, 1, 2)
