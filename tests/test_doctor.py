@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from stream.cpu import ARM_FEATURES, X86_FEATURES
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e  # every test here starts processes
 
 
 def doctor(home: Path, *args: str) -> tuple[int, str]:

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHARED_DATA
 
 from stream.detector import MTCNN, Detections
 from stream.errors import FacestreamError, ModelMissingError
 from stream.nms import batched_nms
 from stream.pyramid import crop_resize, integral_images
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 REFERENCE = DATA / "reference" / "mtcnn" / "detections.json"
 IOU_MIN, LANDMARK_PX, PROB_TOL = 0.9, 3.0, 0.02
 

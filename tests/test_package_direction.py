@@ -11,7 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.e2e  # every test here starts processes
+
 STREAM = REPO / "stream"
 # (module file, function) that may import the build: the `models pull` command.
 ALLOWED = {("stream/model_commands.py", "cmd_pull")}

@@ -23,6 +23,8 @@ from stream.pipeline.demo_clip import SHOTS, SIZE, build_clip
 from stream.pipeline.demo_samples import FACE_RECOGNITION, fetch_samples, samples_dir
 from stream.pypi import fetch_package, sha256_file
 
+pytestmark = pytest.mark.e2e  # every test here starts processes
+
 PINS = {Path(m).name: sha for m, sha in FACE_RECOGNITION.members.items()}
 
 

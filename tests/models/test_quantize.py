@@ -230,6 +230,7 @@ def test_int8_that_fails_here_falls_back_to_fp32_with_one_warning(
 QEMU = shutil.which("qemu-x86_64")
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an x86 CPU without AVX-512/VNNI")
 def test_int8_passes_on_avx2_kernels_emulated(int8_home: Path) -> None:
     """The int8 file, run with the AVX2 (no VNNI) int8 kernels — whatever this CPU has — on the

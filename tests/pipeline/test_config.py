@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from stream.errors import FacestreamError
 from stream.pipeline import config
@@ -80,6 +81,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stream", *args], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.e2e
 def test_validate_config_cli(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("detect: {workers: 2}\n")
@@ -91,10 +93,10 @@ def test_validate_config_cli(tmp_path):
     assert bad.stderr.strip().count("\n") == 0 and "detect.wrkers" in bad.stderr
 
 
+@pytest.mark.e2e
 def test_shipped_example_config_is_valid():
-    from pathlib import Path
 
-    example = Path(__file__).resolve().parents[1] / "deploy" / "facestream.example.yaml"
+    example = REPO / "deploy" / "facestream.example.yaml"
     cfg = config.load(example)
     assert cfg.cameras == ["door"] and cfg.embed.precision == "fp32" and cfg.metrics.port == 9108
     bad = run_cli("run", "--config", str(example), "--validate-config", "--source", "0")

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import REPO
 from waiting import wait_until
 
 from stream import cli
@@ -26,7 +27,6 @@ from stream.gallery.matcher import Matcher
 from stream.gallery.store import Gallery, decode_vector
 
 MODEL = "dlib-resnet-v1"
-REPO = Path(__file__).resolve().parents[1]
 PEOPLE = ["alex_lacamoire", "biden", "kit_harington", "obama", "rose_leslie"]
 # Who is in each test photo (faces large enough to matter; obama_and_biden also shows two small
 # strangers in the background, who must come out unknown).
@@ -255,6 +255,7 @@ def committed(path: Path) -> dict[str, list[bytes]]:
     return out
 
 
+@pytest.mark.e2e
 def test_kill_9_while_enrolling_keeps_committed_samples_whole(run, knn, tmp_path):
     photos, gallery = tmp_path / "photos", tmp_path / "g.db"
     distinct_photos(knn, 12, photos)
@@ -322,6 +323,7 @@ while time.time() < deadline:
 """
 
 
+@pytest.mark.e2e
 def test_running_matcher_picks_up_new_person(run, knn, tmp_path, test_embeddings):
     gallery = tmp_path / "g.db"
     rc, _, err = run("enroll", "--gallery", gallery, "alex_lacamoire", knn / "train/alex_lacamoire/img1.jpg")

@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import SHARED_DATA
 
 from facestream_models.dlib_dat import read_dat
 from facestream_models.dlib_resnet import (
@@ -28,7 +29,7 @@ from stream.registry import MODELS
 
 SPEC = MODELS["dlib-resnet-v1"]
 TOLERANCE = 1e-4  # vs dlib's descriptors, per component
-DLIB_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference" / "dlib"
+DLIB_REFERENCE = SHARED_DATA / "reference" / "dlib"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # Reference chips by person (keys of descriptors.npz); dlib's own descriptors separate them at 0.6.

@@ -19,6 +19,8 @@ from waiting import wait_until
 
 from stream.pipeline import config, transport, wire
 
+pytestmark = pytest.mark.e2e  # every test here starts processes
+
 
 def free_port() -> int:
     s = socket.socket()

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from stream.pipeline.supervisor import counted
+
+pytestmark = pytest.mark.e2e  # every test here starts processes
 
 WRITER = """
 import sys

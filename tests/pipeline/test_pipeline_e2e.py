@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from waiting import wait_until, while_running
 
+pytestmark = pytest.mark.e2e  # every test here starts processes
+
 CLIP = "video/facenet-pytorch-video.mp4"
 CLIP_FRAMES = 105
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}

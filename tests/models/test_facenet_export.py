@@ -214,6 +214,7 @@ def reference_module(tmp_path_factory) -> types.ModuleType:
     return _import_reference(_facenet_pytorch_source(tmp_path_factory.mktemp("facenet_pytorch")))
 
 
+@pytest.mark.e2e
 def test_same_keys_and_outputs_as_facenet_pytorch(reference_module, checkpoint):
     # As facenet-pytorch builds it for the released vggface2 checkpoint (classifier included).
     ref = reference_module.InceptionResnetV1(classify=True, num_classes=VGGFACE2_CLASSES)

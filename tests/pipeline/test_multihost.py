@@ -21,13 +21,15 @@ import numpy as np
 import pytest
 import yaml
 import zmq
+from conftest import REPO
 from waiting import wait_until
 
 from stream.errors import FacestreamError
 from stream.pipeline import config, security, transport, wire
 
+pytestmark = pytest.mark.e2e  # every test here starts processes
+
 HOST_A, HOST_B = "127.0.0.3", "127.0.0.2"
-REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

