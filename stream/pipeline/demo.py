@@ -137,7 +137,10 @@ def summarize(out: Path, segments: list[Segment], enrolled: str) -> str:
         n = seg.last - seg.first + 1
         # frames in which each label appears (a frame with two faces of one label counts once)
         seen = Counter(label for label, _ in {(x, s) for s, x, _ in faces if seg.first <= s <= seg.last})
-        said = ", ".join(f"{k} {v}/{n}" for k, v in seen.most_common()) or "no face"
+        processed = {r["seq"] for r in rows if seg.first <= r["seq"] <= seg.last}
+        said = ", ".join(f"{k} {v}/{n}" for k, v in seen.most_common()) or (
+            "no face" if processed else "not processed (the run stopped before this shot)"
+        )
         who = seg.shot.person
         expect = who if who == ENROLL_NAME else f"unknown, {who} is not enrolled"
         lines.append(
