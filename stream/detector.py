@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stream.detections import Detections as Detections  # re-export: it lives in stream/detections.py
+from stream.detections import Detections
 from stream.errors import FacestreamError, ModelMissingError
 from stream.mtcnn_nets import WEIGHT_FILES, ONet, PNet, RNet, load_net
 from stream.nms import batched_nms

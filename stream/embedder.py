@@ -27,7 +27,7 @@ from stream.modelstore import ONNX_FILE, model_path, read_manifest
 from stream.registry import DEFAULT_EMBEDDER, CropSpec, ModelSpec, get_spec
 
 if TYPE_CHECKING:
-    from stream.detector import Detections
+    from stream.detections import Detections
 
 log = logging.getLogger(__name__)
 

@@ -52,9 +52,9 @@ class FaceAnalyzer:
     """Detector + embedder, loaded once, applied to batches of frames."""
 
     def __init__(self, model: str = DEFAULT_EMBEDDER, home: Path | None = None, device: str | None = None):
-        from stream.modelstore import model_path
+        from stream.modelstore import require_model
 
-        self.detector = MTCNN(weights_dir=model_path("mtcnn", home), device=device)
+        self.detector = MTCNN(weights_dir=require_model("mtcnn", home), device=device)
         self.embedder = Embedder(model, home=home, device=device)
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:

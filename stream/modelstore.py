@@ -29,6 +29,13 @@ def model_path(name: str, home: Path | None = None) -> Path:
     return models_dir(home) / name
 
 
+def require_model(name: str, home: Path | None = None) -> Path:
+    """The folder of a published model, for code about to load it: the one run-time check that it is
+    there (ModelMissingError, one line that says how to build it, otherwise)."""
+    read_manifest(name, home)
+    return model_path(name, home)
+
+
 def read_manifest(name: str, home: Path | None = None) -> dict[str, Any]:
     """The manifest of a published model; ModelMissingError (one line, says how to fix) if absent."""
     path = model_path(name, home) / MANIFEST

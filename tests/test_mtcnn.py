@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from conftest import SHARED_DATA
 
-from stream.detector import MTCNN, Detections
+from stream.detections import Detections
+from stream.detector import MTCNN
 from stream.errors import FacestreamError, ModelMissingError
 from stream.nms import batched_nms
 from stream.pyramid import crop_resize, integral_images

@@ -382,7 +382,7 @@ def precheck(cfg: PipelineConfig) -> None:
         raise FacestreamError("; ".join(problems))
     if cfg.gallery is not None and not cfg.gallery.is_file():
         raise FacestreamError(f"gallery {cfg.gallery} does not exist (enroll someone to create it)")
-    from stream.modelstore import read_manifest
+    from stream.modelstore import require_model
 
-    read_manifest("mtcnn", cfg.home)
-    read_manifest(cfg.model, cfg.home)
+    require_model("mtcnn", cfg.home)
+    require_model(cfg.model, cfg.home)

@@ -26,11 +26,10 @@ STAGE = Role.DETECT
 
 def load_detector(cfg: PipelineConfig) -> MTCNN:
     from stream.detector import MTCNN
-    from stream.modelstore import model_path, read_manifest
+    from stream.modelstore import require_model
 
-    read_manifest("mtcnn", cfg.home)  # a clear "run facestream models pull" when missing
     return MTCNN(
-        weights_dir=model_path("mtcnn", cfg.home),
+        weights_dir=require_model("mtcnn", cfg.home),
         device=cfg.detect.device,
         min_face_size=cfg.detect.min_face_size,
     )
