@@ -207,18 +207,19 @@ class RingWriter:
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
 
-    def wait_received(self, sent: int, timeout_s: float) -> bool:
+    def wait_received(self, sent: int, timeout_s: float, stop: object = False) -> bool:
         """Before the capture exits: wait until detect has taken its end-of-stream (marked done at
         sent + 1). Headers are tiny, so they sit in the socket buffers when the capture exits, and
         ZeroMQ discards what the connection still held when its peer goes away; pixels inline never
-        got that far ahead. Gives up when detect restarts (what it held is lost) or after timeout_s."""
+        got that far ahead. Gives up when detect restarts (what it held is lost), on `stop` (truthy: the
+        supervisor is gone) or after timeout_s."""
         ring = self.ring
         if ring is None:
             return True
         epoch = int(ring.epoch[0])
         deadline = time.monotonic() + timeout_s
         while int(ring.done[0]) < sent + 1:
-            if int(ring.epoch[0]) != epoch or time.monotonic() > deadline:
+            if int(ring.epoch[0]) != epoch or stop or time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
         return True
@@ -341,13 +342,16 @@ def make_dir(run_dir: Path) -> Path:
     return path
 
 
-def remove_stale(base: Path) -> None:
+def remove_stale(base: Path) -> list[Path]:
+    """Remove the directories (facestream-<pid>-*) that this user's runs left in `base` when their
+    process is gone (a supervisor killed by -9); returns what was removed."""
     import shutil
 
+    removed = []
     for d in base.glob("facestream-*-*"):
         try:
             pid = int(d.name.split("-")[1])
-            if d.stat().st_uid != os.getuid() or not d.is_dir():
+            if d.stat().st_uid != os.getuid() or not d.is_dir() or d.is_symlink():
                 continue
         except (ValueError, IndexError, OSError):
             continue
@@ -355,8 +359,10 @@ def remove_stale(base: Path) -> None:
             os.kill(pid, 0)
         except ProcessLookupError:
             shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
+            removed.append(d)
+        except (PermissionError, OverflowError):
             continue
+    return removed
 
 
 class StagePixels:

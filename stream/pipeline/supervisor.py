@@ -66,8 +66,10 @@ class Supervisor:
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
         self.own_run_dir = cfg.transport.run_dir is None
+        remove_stale_runs()
+        # Named after this process (facestream-<pid>-*): a run killed by -9 is recognised as dead.
         run_dir = (
-            Path(tempfile.mkdtemp(prefix="facestream-"))
+            Path(tempfile.mkdtemp(prefix=f"facestream-{os.getpid()}-"))
             if cfg.transport.run_dir is None
             else Path(cfg.transport.run_dir)
         )
@@ -99,7 +101,7 @@ class Supervisor:
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             cmd.append("-v")
         cmd += ["stage", child.role, "--config", str(self.cfg_path), "--index", str(child.index)]
-        env = {**os.environ, "FACESTREAM_SUPERVISED": "1", "OPENCV_LOG_LEVEL": "ERROR"}
+        env = {**os.environ, "FACESTREAM_SUPERVISED": str(os.getpid()), "OPENCV_LOG_LEVEL": "ERROR"}
         # Idle OpenMP threads sleep instead of spinning: stages share the cores (see stage_threads).
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which then drains in order.
@@ -334,6 +336,20 @@ class Supervisor:
         s["restarts"] = dict(self.restart_counts)
         s.update(counted(self.run_dir / "metrics"))
         return s
+
+
+def remove_stale_runs() -> None:
+    """Remove the run directories and frame rings of runs that died (kill -9; the stages normally
+    remove them as they follow their supervisor): this user's, whose supervisor process is gone.
+    One line says what was removed."""
+    removed = framering.remove_stale(Path(tempfile.gettempdir()))
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        removed += framering.remove_stale(shm)
+    if removed:
+        log.warning(
+            "removed what %d dead run(s) left behind: %s", len(removed), ", ".join(map(str, sorted(removed)))
+        )
 
 
 def counted(metrics_dir: Path) -> dict[str, dict[str, Any]]:

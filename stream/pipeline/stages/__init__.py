@@ -10,7 +10,7 @@ import zmq
 from stream.errors import FacestreamError
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.roles import MODULES, Role
-from stream.pipeline.stages.base import EXIT_FATAL, Stage, Stop, report_fatal
+from stream.pipeline.stages.base import EXIT_FATAL, Stage, Stop, remove_orphaned_dirs, report_fatal
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +41,5 @@ def run_stage(role: str, cfg: PipelineConfig, index: int = 0) -> int:
             report_fatal(cfg, role, index, f"{role}-{index}: endpoint already in use ({e})")
             return EXIT_FATAL
         raise
+    finally:
+        remove_orphaned_dirs(cfg, stop)

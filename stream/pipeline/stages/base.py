@@ -12,7 +12,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -37,30 +39,57 @@ class Stop:
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self._parent = os.getppid()
+        # The supervisor names itself (its pid), so a supervisor that died before this line is noticed.
+        supervisor = os.environ.get("FACESTREAM_SUPERVISED", "")
+        self._parent = int(supervisor) if supervisor.isdigit() and supervisor != "1" else os.getppid()
 
     def install(self) -> Stop:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.event.set())
         _die_with_parent()
+        # The supervisor may have died before prctl: then no signal comes, but the parent changed.
+        if self.orphaned:
+            self.event.set()
         return self
+
+    @property
+    def supervisor(self) -> int:
+        """The supervisor's pid (this process's parent when it started)."""
+        return self._parent
+
+    @property
+    def orphaned(self) -> bool:
+        """The supervisor is gone (re-parented): nobody reads what this stage sends any more."""
+        return bool(os.environ.get("FACESTREAM_SUPERVISED")) and os.getppid() != self._parent
 
     def __bool__(self) -> bool:
         # Fallback for systems without PR_SET_PDEATHSIG: an orphan is re-parented.
-        if os.getppid() != self._parent and os.environ.get("FACESTREAM_SUPERVISED"):
+        if self.orphaned:
             self.event.set()
         return self.event.is_set()
 
 
 def _die_with_parent() -> None:
     """Linux: get SIGTERM when the supervisor dies, even by kill -9, so no stage is orphaned."""
-    if not os.environ.get("FACESTREAM_SUPERVISED"):
+    if not os.environ.get("FACESTREAM_SUPERVISED") or not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    except (OSError, AttributeError):
+        pass  # no prctl: Stop's check of the parent in the loop still ends the stage
+
+
+def remove_orphaned_dirs(cfg: PipelineConfig, stop: Stop) -> None:
+    """A stage whose supervisor died (kill -9) removes the run's ring and run directories as it exits:
+    nobody else will until the next run. Only directories the dead supervisor made and named after
+    itself (facestream-<pid>-*), never a configured run_dir; each stage tries, the last one wins."""
+    if not stop.orphaned:
+        return
+    prefix = f"facestream-{stop.supervisor}-"
+    for d in (cfg.transport.shm_dir, cfg.transport.run_dir):
+        if d is not None and Path(d).name.startswith(prefix):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class Stage:
@@ -170,8 +199,9 @@ class Stage:
                 self.pixels.close()
         finally:
             stopped = bool(self.stop)
+            orphaned = self.stop.orphaned  # nobody will read what is queued: do not wait for it
             for sock, linger_on_stop in self._sockets:
-                sock.close(linger=linger_on_stop if stopped else None)
+                sock.close(linger=0 if orphaned else linger_on_stop if stopped else None)
             self._sockets.clear()
             if self.ctx is not None:
                 self.ctx.term()

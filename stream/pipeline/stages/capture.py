@@ -168,9 +168,10 @@ class Capture(Stage):
         eos = wire.eos_message(
             self.cam, self.sent, read=read, dropped=dict(self.dropped), error=error, ring=ring
         )
-        if not send_blocking(self.out, eos, _Never(), timeout_s=self.cfg.capture.send_timeout_s):
+        gone = _Orphaned(self.stop)
+        if not send_blocking(self.out, eos, gone, timeout_s=self.cfg.capture.send_timeout_s):
             log.error("camera %s: nobody took the end-of-stream message", self.cam)
-        elif ring and not self.ring.wait_received(self.sent, self.cfg.capture.send_timeout_s):  # type: ignore[union-attr]
+        elif ring and not self.ring.wait_received(self.sent, self.cfg.capture.send_timeout_s, gone):  # type: ignore[union-attr]
             log.warning("camera %s: detect did not confirm the end-of-stream message", self.cam)
 
     def fail(self, message: str) -> int:
@@ -269,8 +270,12 @@ class Capture(Stage):
         return EXIT_OK
 
 
-class _Never:
-    """A stop flag that never fires: the end-of-stream message is worth waiting for."""
+class _Orphaned:
+    """A stop flag that fires only when the supervisor is gone: the end-of-stream message is worth
+    waiting for, except when nobody is left to read it."""
+
+    def __init__(self, stop: Stop) -> None:
+        self.stop = stop
 
     def __bool__(self) -> bool:
-        return False
+        return self.stop.orphaned

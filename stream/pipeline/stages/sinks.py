@@ -188,7 +188,8 @@ class Sink:
             self.recorder.close()
         if self._own_pixels:
             self.pixels.close()
-        if self.cfg.transport.run_dir is not None:
+        # (No run directory any more: the supervisor died, and the stages removed it.)
+        if self.cfg.transport.run_dir is not None and Path(self.cfg.transport.run_dir).is_dir():
             path = Path(self.cfg.transport.run_dir) / "summary.json"
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.summary()))
