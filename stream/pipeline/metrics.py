@@ -56,6 +56,7 @@ class Metrics:
     camera_reconnects_total: Counter
     worker_restarts_total: Counter
     bad_messages_total: Counter
+    auth_failures_total: Counter
 
 
 _metrics: Metrics | None = None
@@ -110,6 +111,11 @@ def get() -> Metrics:
             ),
             bad_messages_total=Counter(
                 "facestream_bad_messages", "Messages that failed to decode or validate", ["stage"]
+            ),
+            auth_failures_total=Counter(
+                "facestream_auth_failures",
+                "CURVE handshakes a stage's server sockets refused, by reason",
+                ["stage", "reason"],
             ),
         )
     return _metrics

@@ -14,6 +14,15 @@ folders; `--name NAME` makes one more pair (a dashboard's). Public `.key` files 
 `.key_secret` files never leave their host. Clients check the server's key, so a stage cannot be fed
 by an impostor; servers check the client's key (ZAP), so frames reach only allow-listed peers. The
 allow-list is read when a stage starts: restart the binding stages after adding a key.
+
+Refused clients leave a trace (`AuthFailures`): every refused handshake on a stage's server sockets is
+counted in facestream_auth_failures_total{stage,reason} and logged as one WARNING per peer (its public
+key, or 'no key') and address per minute. Reasons: `key_not_allowed` (a CURVE key not in clients/, the
+ZAP handler's denial), `mechanism_mismatch` (a plaintext client: libzmq refuses it at the greeting,
+before ZAP, so the server socket's monitor reports it, without the peer's address), `handshake_aborted`
+(a client that dropped the connection mid-handshake, as a plaintext one may on seeing the CURVE
+greeting), `protocol_error` (any other failed CURVE handshake, such as a client that holds the wrong
+server key), and the ZAP handler's other denials by their text (`invalid_credentials`, ...).
 """
 
 from __future__ import annotations
@@ -22,12 +31,16 @@ import logging
 import os
 import re
 import stat
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
 
 from stream.errors import FacestreamError
 from stream.pipeline.config import endpoint_host
@@ -104,14 +117,17 @@ class Curve:
                     self.server_public(host)
 
     # ----- sockets -----------------------------------------------------------------------------------
-    def serve(self, ctx: zmq.Context[Any], sock: zmq.Socket[Any]) -> None:
-        """Make `sock` a CURVE server (before bind); the context's ZAP authenticator checks clients."""
+    def serve(self, ctx: zmq.Context[Any], sock: zmq.Socket[Any], stage: str = "unknown") -> None:
+        """Make `sock` a CURVE server (before bind); the context's ZAP authenticator checks clients and
+        every refusal is counted and logged for `stage` (see `AuthFailures`)."""
         public, secret = self.pair("server")
+        failures: AuthFailures | None = getattr(ctx, "auth_failures", None)
+        if failures is None:
+            failures = AuthFailures(stage)
+            ctx.auth_failures = failures
         if getattr(ctx, "authenticator", None) is None:
-            from zmq.auth.thread import ThreadAuthenticator
-
             allowed = self.allow_list()
-            auth = ThreadAuthenticator(ctx, log=logging.getLogger("stream.pipeline.zap"))
+            auth = ZapAuthenticator(failures, ctx, log=logging.getLogger("stream.pipeline.zap"))
             auth.start()  # ZAP handler bound before any server socket binds: no unchecked window
             try:
                 auth.configure_curve(domain=ZAP_DOMAIN.decode(), location=str(allowed))
@@ -133,6 +149,131 @@ class Curve:
         sock.curve_publickey = public
         sock.curve_secretkey = secret
         sock.curve_serverkey = self.server_public(host)
+
+
+# ----- refused clients -----------------------------------------------------------------------------
+AUTH_LOG_EVERY_S = 60.0
+NO_KEY = "no key"
+
+
+class AuthFailures:
+    """One process's refused CURVE handshakes: each counted (facestream_auth_failures_total{stage,
+    reason}); one WARNING per (peer key, address) per `every_s`, so a client retrying every 100 ms
+    cannot flood the log (the next line says how many attempts were not logged). Thread-safe: the ZAP
+    thread and the socket monitors report here."""
+
+    def __init__(self, stage: str, every_s: float = AUTH_LOG_EVERY_S):
+        from stream.pipeline import metrics
+
+        self.stage = stage
+        self.every_s = every_s
+        self._counter = metrics.get().auth_failures_total  # made here, not first in a ZAP thread
+        self._lock = threading.Lock()
+        self._logged: dict[tuple[str, str], tuple[float, int]] = {}  # peer -> (last line, unlogged)
+
+    def refused(self, reason: str, key: str, address: str | None) -> None:
+        try:
+            self._refused(reason, key, address)
+        except Exception:  # never let a report take down the ZAP thread or a monitor
+            log.exception("could not report a refused CURVE client")
+
+    def _refused(self, reason: str, key: str, address: str | None) -> None:
+        self._counter.labels(self.stage, reason).inc()
+        peer = (key, address or "an unknown address")
+        now = time.monotonic()
+        with self._lock:
+            last, unlogged = self._logged.get(peer, (None, 0))
+            if last is not None and now - last < self.every_s:
+                self._logged[peer] = (last, unlogged + 1)
+                return
+            if len(self._logged) >= 4096:  # many peers: forget those not seen for a while
+                self._logged = {p: v for p, v in self._logged.items() if now - v[0] < self.every_s}
+            self._logged[peer] = (now, 0)
+        log.warning(
+            "%s refused a CURVE client (%s): %s from %s%s",
+            self.stage,
+            reason,
+            key if key == NO_KEY else f"key {key}",
+            peer[1],
+            f"; {unlogged} more refused attempt(s) from it since the last line" if unlogged else "",
+        )
+
+
+class ZapAuthenticator(ThreadAuthenticator):
+    """pyzmq's ZAP handler (CURVE allow-list), reporting each denial with the peer's key and address."""
+
+    def __init__(self, failures: AuthFailures, context: zmq.Context[Any], log: logging.Logger):
+        super().__init__(context, log=log)
+        self.failures = failures
+        self._request: list[bytes] = []
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        self._request = msg  # requests are handled one at a time, in the ZAP thread
+        try:
+            await super().handle_zap_message(msg)
+        finally:
+            self._request = []
+
+    def _send_zap_reply(
+        self, request_id: bytes, status_code: bytes, status_text: bytes, user_id: str = "anonymous"
+    ) -> None:
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
+        if status_code == b"200":
+            return
+        msg = self._request
+        address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else None
+        key = NO_KEY
+        if len(msg) == 7 and msg[5] == b"CURVE" and len(msg[6]) == 32:
+            key = z85.encode(msg[6]).decode("ascii")
+        text = status_text.decode("utf-8", "replace")
+        reason = "key_not_allowed" if text == "Unknown key" else re.sub(r"\W+", "_", text.lower()).strip("_")
+        self.failures.refused(reason or "denied", key, address)
+
+
+_MONITORED = (
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_MONITOR_STOPPED
+)
+
+
+class HandshakeMonitor(threading.Thread):
+    """Watches one CURVE server socket for handshakes that fail before ZAP is asked: a plaintext
+    client (`mechanism_mismatch`; or `handshake_aborted` when the client saw the mismatch first and
+    dropped the connection), any other broken CURVE handshake (`protocol_error`). libzmq's event
+    names only the bound endpoint, not the peer (the accepted descriptor may already be closed and
+    reused when the event is read), and no key was checked: these are logged as 'no key from an
+    unknown address on ENDPOINT', one line a minute per endpoint. Stops with the socket, or `stop()`."""
+
+    def __init__(self, sock: zmq.Socket[Any], failures: AuthFailures):
+        super().__init__(name="curve-monitor", daemon=True)
+        self.failures = failures
+        self.monitor: zmq.Socket[Any] = sock.get_monitor_socket(_MONITORED)  # used by this thread only
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                if not self.monitor.poll(100):
+                    continue
+                event = recv_monitor_message(self.monitor)
+                if event["event"] == zmq.EVENT_MONITOR_STOPPED:
+                    return
+                endpoint = bytes(event["endpoint"]).decode("utf-8", "replace")
+                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                    reason = "handshake_aborted"
+                elif int(event["value"]) == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                    reason = "mechanism_mismatch"
+                else:
+                    reason = "protocol_error"
+                self.failures.refused(reason, NO_KEY, f"an unknown address on {endpoint}")
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            self.monitor.close(linger=0)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.is_alive():
+            self.join(2)
 
 
 def check(cfg: PipelineConfig, roles: list[str] | tuple[str, ...]) -> None:

@@ -19,7 +19,8 @@ import zmq
 from stream.errors import FacestreamError
 from stream.pipeline import wire
 from stream.pipeline.config import PipelineConfig, endpoint_host, is_loopback
-from stream.pipeline.security import Curve
+from stream.pipeline.roles import BINDERS, RESULTS, Role
+from stream.pipeline.security import AuthFailures, Curve, HandshakeMonitor
 
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
@@ -28,12 +29,19 @@ log = logging.getLogger(__name__)
 
 
 class Context(zmq.Context[zmq.Socket[Any]]):
-    """A context that carries the process's CURVE keys (None: plain) and its ZAP authenticator."""
+    """A context that carries the process's config and CURVE keys (None: plain), its ZAP authenticator
+    and the monitors of its CURVE server sockets (refused clients, see security.AuthFailures)."""
 
+    cfg: PipelineConfig | None = None
     curve: Curve | None = None
     authenticator: ThreadAuthenticator | None = None
+    auth_failures: AuthFailures | None = None
+    monitors: list[HandshakeMonitor]
 
     def _stop_authenticator(self) -> None:
+        for monitor in getattr(self, "monitors", ()):  # their sockets live in this context too
+            monitor.stop()
+        self.monitors = []
         if self.authenticator is not None:  # its sockets live in this context: stop it first
             self.authenticator.stop()
             self.authenticator = None
@@ -49,7 +57,9 @@ class Context(zmq.Context[zmq.Socket[Any]]):
 
 def context(cfg: PipelineConfig) -> Context:
     ctx = Context()
+    ctx.cfg = cfg
     ctx.curve = Curve.from_config(cfg)
+    ctx.monitors = []
     return ctx
 
 
@@ -91,7 +101,13 @@ def _bind(ctx: zmq.Context[Any], sock: zmq.Socket[Any], endpoint: str, curve: Cu
     host = endpoint_host(endpoint)
     if host is not None:
         if curve is not None:
-            curve.serve(ctx, sock)
+            curve.serve(ctx, sock, _stage_of(ctx, endpoint))
+            monitors: list[HandshakeMonitor] | None = getattr(ctx, "monitors", None)
+            failures: AuthFailures | None = getattr(ctx, "auth_failures", None)
+            if monitors is not None and failures is not None:
+                monitor = HandshakeMonitor(sock, failures)
+                monitor.start()
+                monitors.append(monitor)
         elif not is_loopback(host):
             log.warning(
                 "%s listens beyond loopback without CURVE: anyone who reaches it can read or feed the "
@@ -106,6 +122,18 @@ def _bind(ctx: zmq.Context[Any], sock: zmq.Socket[Any], endpoint: str, curve: Cu
         raise FacestreamError(
             f"cannot bind {endpoint}: {e.strerror} (is {host} an address of this host? see transport.hosts)"
         ) from None
+
+
+def _stage_of(ctx: zmq.Context[Any], endpoint: str) -> str:
+    """The role that binds `endpoint` in this context's config (match also binds the results PUB)."""
+    cfg: PipelineConfig | None = getattr(ctx, "cfg", None)
+    if cfg is not None:
+        if endpoint == cfg.endpoint(RESULTS):
+            return str(Role.MATCH)
+        for role in sorted(BINDERS):
+            if any(cfg.endpoint(role, i) == endpoint for i in range(cfg.workers(role))):
+                return str(role)
+    return "unknown"
 
 
 def send(sock: zmq.Socket[Any], msg: wire.Message, flags: int = 0) -> None:

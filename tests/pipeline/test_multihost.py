@@ -291,6 +291,11 @@ def test_detect_stage_over_curve_serves_only_allowed_clients(models_home, tmp_pa
             s.close(linger=0)
             c.destroy(linger=0)  # and the monitor socket, if the test stopped before `refused`
         ctx.destroy(linger=0)
+    # The stage logged each refused stray once (auth failures are logged once per peer a minute).
+    err = proc.stderr.read() if proc.stderr else ""
+    assert err.count("detect refused a CURVE client (key_not_allowed)") == 1, err[-2000:]
+    # The plaintext stray: refused before ZAP (libzmq names neither its key nor its address).
+    assert err.count("no key from an unknown address") == 1, err[-2000:]
 
 
 def retry_bind(bind):
