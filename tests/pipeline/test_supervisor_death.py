@@ -13,27 +13,12 @@ from pathlib import Path
 
 import cv2
 import pytest
+from test_pipeline_e2e import CLIP, start
 from waiting import wait_until
 
 pytestmark = pytest.mark.e2e  # every test here starts processes
 
-CLIP = "video/facenet-pytorch-video.mp4"
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 SHM = Path("/dev/shm")
-
-
-def run(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
-    cfg = tmp / "config.yaml"
-    cfg.write_text("{}\n")
-    err = tmp / "stderr.txt"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream", "run", "--config", str(cfg), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=open(err, "w"),
-        env=ENV,
-        cwd=tmp,
-    )
-    return proc, err
 
 
 def stages_of(pid: int) -> list[int]:
@@ -67,7 +52,7 @@ def left_by(pid: int) -> list[Path]:
 
 
 def test_stages_die_with_a_killed_supervisor_and_leave_nothing(shared_data, models_home, tmp_path):
-    proc, err = run(tmp_path, "--source", str(shared_data / CLIP), "--realtime")
+    proc, err = start(tmp_path, "--source", str(shared_data / CLIP), "--realtime")
     try:
         # Every stage running and a ring written: the capture has started sending frames.
         wait_until(
@@ -111,7 +96,7 @@ def test_the_next_run_removes_what_a_dead_run_left(shared_data, models_home, tmp
         out.write(cv2.resize(frame, (320, 180)))
     out.release()
     try:
-        proc, err = run(tmp_path, "--source", str(clip))
+        proc, err = start(tmp_path, "--source", str(clip))
         assert proc.wait(240) == 0, err.read_text()[-2000:]
         assert not [d for d in leftovers if d.exists()]
         assert mine.exists()
