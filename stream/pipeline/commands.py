@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", type=Path, help="JSONL: one line per processed frame")
     p.add_argument("--record", type=Path, help="annotated video (.mp4)")
     p.add_argument("--events", type=Path, help="JSONL of track and camera events")
+    p.add_argument(
+        "--summary", type=Path, help="JSON: the run's summary (frames, drops, latency), at the end"
+    )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument("--config", type=Path, help="YAML config (flags override it)")
     p.add_argument(
@@ -102,6 +105,7 @@ def run_config(args: argparse.Namespace) -> PipelineConfig:
         "outputs.out": args.out and str(args.out),
         "outputs.record": args.record and str(args.record),
         "outputs.events": args.events and str(args.events),
+        "outputs.summary": args.summary and str(args.summary),
         "outputs.results": args.results,
         "metrics.port": args.metrics_port,
         "capture.realtime": args.realtime,

@@ -212,6 +212,7 @@ class OutputConfig(_Strict):
     out: Path | None = None  # JSONL, one line per processed frame
     record: Path | None = None  # annotated video
     events: Path | None = None  # JSONL of track and camera events
+    summary: Path | None = None  # JSON: the run's books and latencies, written as the run ends
     results: str | None = None  # results PUB endpoint (tcp://HOST:PORT or ipc://PATH); default from transport
 
     @field_validator("results")

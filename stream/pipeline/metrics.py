@@ -91,7 +91,9 @@ def get() -> Metrics:
             frames_dropped_total=Counter(
                 "facestream_frames_dropped", "Frames skipped, by reason", ["stage", "camera", "reason"]
             ),
-            faces_total=Counter("facestream_faces", "Faces detected and embedded", ["camera"]),
+            faces_total=Counter(
+                "facestream_faces", "Faces in the output (counted as the sink writes them)", ["camera"]
+            ),
             matches_total=Counter(
                 "facestream_matches", "Match decisions (known/unknown)", ["camera", "result"]
             ),

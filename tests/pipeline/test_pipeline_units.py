@@ -13,7 +13,7 @@ from waiting import wait_until
 from stream.detections import Detections
 from stream.pipeline import batching, config, transport, wire
 from stream.pipeline.stages.sinks import Sink
-from stream.pipeline.summary import Stats, format_summary
+from stream.pipeline.summary import Samples, books, format_summary, quantiles, summarize
 
 
 @pytest.fixture
@@ -114,6 +114,13 @@ def test_sink_ends_after_every_camera_and_writes_jsonl(tmp_path):
             "supervisor.eos_grace_s": 0.2,
         },
     )
+    from prometheus_client import REGISTRY
+
+    def out(cam: str) -> float:
+        labels = {"stage": "sink", "camera": cam}
+        return REGISTRY.get_sample_value("facestream_frames_total", labels) or 0.0
+
+    before = out("cam0"), out("cam1")
     sink = Sink(cfg)
     sink.handle(result("cam0", 0))
     sink.handle(wire.eos_message("cam0", 1))
@@ -127,31 +134,55 @@ def test_sink_ends_after_every_camera_and_writes_jsonl(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [(r["camera"], r["seq"]) for r in rows] == [("cam0", 0), ("cam1", 0)]
     assert rows[0]["latency_ms"] == {"detect": 2.0, "embed": 1.0, "match": 1.0, "total": 4.0}
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["missing"] == {"cam1": 1} and summary["frames"] == {"cam0": 1, "cam1": 1}
+    # What it wrote is counted (the summary's "out"); its end file says what each camera said it sent.
+    assert (out("cam0") - before[0], out("cam1") - before[1]) == (1, 1)
+    assert json.loads((tmp_path / "sink.json").read_text())["sent_said"] == {"cam0": 1, "cam1": 2}
 
 
-def test_summary_text():
-    s = Stats()
-    for i in range(100):
-        s.add(
-            "cam0",
-            {
-                "capture": 0,
-                "detect_in": 0,
-                "detect_out": i * 1_000_000,
-                "embed_in": 0,
-                "embed_out": i * 1_000_000,
-                "match_in": 0,
-                "match_out": i * 1_000_000,
-            },
-            1,
-        )
-    d = s.to_dict()
-    assert d["frames"] == {"cam0": 100} and d["e2e_ms"]["p50"] == pytest.approx(49.5)
-    d.update(dropped={"cam0": {"capture/busy": 3}}, restarts={"detect": 1})
+def buckets(edges_counts: list[tuple[str, float]], **labels: str) -> list[tuple[dict[str, str], float]]:
+    return [({**labels, "le": le}, n) for le, n in edges_counts]
+
+
+def test_percentiles_interpolate_within_histogram_buckets():
+    # 50 observations up to 10 ms, 50 more up to 20 ms: the median is the first bucket's edge.
+    b = buckets([("0.01", 50), ("0.02", 100), ("+Inf", 100)], camera="a")
+    assert quantiles(b, (50, 75)) == {"p50": 10.0, "p75": 15.0}
+    # Two label sets are summed; beyond the last finite edge the best bound is that edge.
+    b += buckets([("0.01", 0), ("0.02", 0), ("+Inf", 100)], camera="b")
+    assert quantiles(b, (99,)) == {"p99": 20.0}
+    assert quantiles(b, (50,), camera="a") == {"p50": 10.0}
+    assert quantiles([], (50,)) == {"p50": None}
+
+
+def test_summary_books_balance_and_read_as_text():
+    samples = Samples(
+        counters={
+            "facestream_frames_total": [
+                ({"stage": "capture", "camera": "cam0"}, 100.0),
+                ({"stage": "sink", "camera": "cam0"}, 90.0),
+            ],
+            "facestream_frames_dropped_total": [
+                ({"stage": "capture", "camera": "cam0", "reason": "busy"}, 3.0),
+                ({"stage": "detect", "camera": "cam0", "reason": "stale"}, 6.0),
+            ],
+            "facestream_faces_total": [({"camera": "cam0"}, 120.0)],
+        },
+        buckets={
+            "facestream_e2e_latency_seconds": buckets(
+                [("0.05", 45), ("0.1", 90), ("+Inf", 90)], camera="cam0"
+            )
+        },
+    )
+    kept = books(samples, ["cam0"])["cam0"]
+    # 103 read = 100 sent + 3 dropped by capture; 100 sent = 90 out + 6 stale + 4 unaccounted.
+    assert (kept.read, kept.sent, kept.out, kept.unaccounted) == (103, 100, 90, 4)
+    d = summarize(samples, ["cam0"], span_s=9.0)
+    assert d["frames"] == {"cam0": 90} and d["fps"] == 10.0 and d["unaccounted"] == {"cam0": 4}
+    assert d["e2e_ms"]["p50"] == pytest.approx(50.0)
+    d.update(restarts={"detect": 1})
     text = format_summary(d)
-    assert "100 frames" in text and "capture/busy 3" in text and "p99" in text and "detect 1" in text
+    assert "103 frames read = 90 out + 9 dropped (capture/busy 3, detect/stale 6); 120 faces" in text
+    assert "4 frames UNACCOUNTED FOR" in text and "p99" in text and "detect 1" in text
 
 
 def test_busy_detector_skips_to_each_live_cameras_newest_frame(pair):

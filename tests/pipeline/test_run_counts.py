@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.pipeline.supervisor import counted
+from stream.pipeline.summary import books, read_samples
 
 pytestmark = pytest.mark.e2e  # every test here starts processes
 
@@ -30,8 +30,7 @@ m.bad_messages_total.labels("match").inc(1)
 def test_counts_are_read_by_label_name_and_summed_over_processes(tmp_path: Path):
     for busy in (5, 7):  # two capture processes, the first one "killed": its counts stay
         subprocess.run([sys.executable, "-c", WRITER, str(tmp_path), str(busy)], check=True, timeout=60)
-    assert counted(tmp_path) == {
-        "bad_messages": {"match": 2},
-        "dropped": {"door": {"capture/busy": 12, "detect/stale": 4}},
-    }
-    assert counted(tmp_path / "absent") == {"bad_messages": {}, "dropped": {}}
+    samples = read_samples(tmp_path)
+    assert books(samples, ["door"])["door"].dropped == {"capture/busy": 12, "detect/stale": 4}
+    assert {labels["stage"]: v for labels, v in samples.counter("bad_messages")} == {"match": 2}
+    assert books(read_samples(tmp_path / "absent"), ["door"])["door"].dropped == {}

@@ -17,8 +17,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NoReturn, Protocol
 
 import zmq
 
@@ -32,25 +33,70 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FATAL = 2  # cannot start (models missing, port taken...): do not restart, stop the run
 EXIT_SOURCE_FAILED = 3  # a source that failed for good (never opened, undecodable): fails the run
+EXIT_STOPPED = 128 + signal.SIGTERM  # forced out by a hard stop that the stage could not finish in time
+HARD_STOP_S = 0.8  # a hard stop (SIGTERM) ends the process within this (+ interpreter exit)
 
 
 class Stop:
-    """Set by SIGTERM/SIGINT (and when the parent supervisor dies); stages poll it between batches."""
+    """Set by a stop signal (and when the parent supervisor dies); stages poll it between batches.
+
+    Two kinds of stop. SIGINT asks for a graceful one: a capture stops reading, and its end-of-stream
+    still goes through the pipeline behind its last frames (the supervisor's drain uses it). SIGTERM
+    (and a second SIGINT, and the supervisor's death) asks for a hard one: the stage is gone within
+    HARD_STOP_S however busy it is (a detection batch, a socket nobody reads); what it held is dropped,
+    and the run's books count it (reason "shutdown" or "crashed")."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.hard = False
+        self.cleanup: Callable[[], None] | None = None  # run before a forced exit (an orphan's dirs)
         # The supervisor names itself (its pid), so a supervisor that died before this line is noticed.
         supervisor = os.environ.get("FACESTREAM_SUPERVISED", "")
         self._parent = int(supervisor) if supervisor.isdigit() and supervisor != "1" else os.getppid()
+        self._lock = threading.Lock()
 
     def install(self) -> Stop:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.event.set())
+        # The signals are read by a thread from the wakeup fd, which the C-level handler writes at
+        # once: the main thread may be inside a long native call (a torch batch) where no Python
+        # handler runs until it returns, and a hard stop must not wait for that. The Python-level
+        # handlers only keep the defaults (KeyboardInterrupt, termination) away.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._listen, args=(read_fd,), name="stop-signals", daemon=True).start()
         _die_with_parent()
         # The supervisor may have died before prctl: then no signal comes, but the parent changed.
         if self.orphaned:
-            self.event.set()
+            self.request(hard=True)
         return self
+
+    def _listen(self, read_fd: int) -> None:
+        while True:
+            for signum in os.read(read_fd, 64):
+                if signum == signal.SIGTERM:
+                    self.request(hard=True)
+                elif signum == signal.SIGINT:
+                    self.request(hard=self.event.is_set())  # a second Ctrl-C: at once
+
+    def request(self, hard: bool) -> None:
+        """Ask the stage to stop (hard: and be gone within HARD_STOP_S, whatever it is doing)."""
+        with self._lock:
+            self.event.set()
+            if not hard or self.hard:
+                return
+            self.hard = True
+        threading.Thread(target=self._force_exit, name="hard-stop", daemon=True).start()
+
+    def _force_exit(self) -> None:
+        time.sleep(HARD_STOP_S)
+        log.warning("still busy %.1f s after a hard stop: exiting now", HARD_STOP_S)
+        try:
+            if self.cleanup is not None:
+                self.cleanup()
+        finally:
+            exit_now(EXIT_STOPPED)
 
     @property
     def supervisor(self) -> int:
@@ -64,9 +110,20 @@ class Stop:
 
     def __bool__(self) -> bool:
         # Fallback for systems without PR_SET_PDEATHSIG: an orphan is re-parented.
-        if self.orphaned:
-            self.event.set()
+        if not self.hard and self.orphaned:
+            self.request(hard=True)
         return self.event.is_set()
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process at once (no interpreter finalization), with what was logged flushed."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _die_with_parent() -> None:
@@ -199,9 +256,10 @@ class Stage:
                 self.pixels.close()
         finally:
             stopped = bool(self.stop)
-            orphaned = self.stop.orphaned  # nobody will read what is queued: do not wait for it
+            # Orphaned (nobody will read what is queued) or a hard stop: do not wait for it.
+            now = self.stop.hard or self.stop.orphaned
             for sock, linger_on_stop in self._sockets:
-                sock.close(linger=0 if orphaned else linger_on_stop if stopped else None)
+                sock.close(linger=0 if now else linger_on_stop if stopped else None)
             self._sockets.clear()
             if self.ctx is not None:
                 self.ctx.term()

@@ -161,18 +161,26 @@ class Capture(Stage):
         self.m.frames_total.labels(STAGE, self.cam).inc()
 
     def finish(self, read: int, error: str | None = None) -> None:
+        """Send this camera's end-of-stream behind its frames, and wait until detect took it (the ring's
+        slots stay valid until then). Only a hard stop (or the supervisor's death) cuts this short."""
+        hard = _HardStop(self.stop)
         self.flush_events()
         for ev in list(self.pending_events):
-            send_blocking(self.out, ev, self.stop, timeout_s=5)
+            send_blocking(self.out, ev, hard, timeout_s=5)
         ring = self.ring.name if self.ring is not None and self.ring.name else None
         eos = wire.eos_message(
             self.cam, self.sent, read=read, dropped=dict(self.dropped), error=error, ring=ring
         )
-        gone = _Orphaned(self.stop)
-        if not send_blocking(self.out, eos, gone, timeout_s=self.cfg.capture.send_timeout_s):
-            log.error("camera %s: nobody took the end-of-stream message", self.cam)
-        elif ring and not self.ring.wait_received(self.sent, self.cfg.capture.send_timeout_s, gone):  # type: ignore[union-attr]
-            log.warning("camera %s: detect did not confirm the end-of-stream message", self.cam)
+        if self.stop and not self.stop.hard:
+            log.info(
+                "camera %s: waiting for the pipeline to take its last frames (stop again: at once)", self.cam
+            )
+        if not send_blocking(self.out, eos, hard, timeout_s=self.cfg.capture.send_timeout_s):
+            if not self.stop.hard:
+                log.error("camera %s: nobody took the end-of-stream message", self.cam)
+        elif ring and not self.ring.wait_received(self.sent, self.cfg.capture.send_timeout_s, hard):  # type: ignore[union-attr]
+            if not self.stop.hard:
+                log.warning("camera %s: detect did not confirm the end-of-stream message", self.cam)
 
     def fail(self, message: str) -> int:
         """This source will never deliver: tell the supervisor (it fails the run) and the sink."""
@@ -270,12 +278,12 @@ class Capture(Stage):
         return EXIT_OK
 
 
-class _Orphaned:
-    """A stop flag that fires only when the supervisor is gone: the end-of-stream message is worth
-    waiting for, except when nobody is left to read it."""
+class _HardStop:
+    """A stop flag that fires only on a hard stop (SIGTERM, a second Ctrl-C) or when the supervisor is
+    gone: after a graceful stop the end-of-stream message is still worth waiting for."""
 
     def __init__(self, stop: Stop) -> None:
         self.stop = stop
 
     def __bool__(self) -> bool:
-        return self.stop.orphaned
+        return self.stop.hard or self.stop.orphaned

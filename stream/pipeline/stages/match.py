@@ -141,7 +141,6 @@ class Match(Stage):
             if "capture" in msg.t:
                 m.e2e_latency_seconds.labels(msg.cam).observe((msg.t["match_out"] - msg.t["capture"]) / 1e9)
             names = result.dets.names or []
-            m.faces_total.labels(msg.cam).inc(len(names))
             for name in names:
                 m.matches_total.labels(msg.cam, "known" if name else "unknown").inc()
             self.emit(result)

@@ -1,6 +1,7 @@
 """Sink: the end of the pipeline. Writes --out JSONL (one line per processed frame, flushed per line
-so an interrupted run leaves valid JSONL), --events JSONL, --record annotated video, and the run's
-statistics; decides when every camera has ended and then exits, which ends the run."""
+so an interrupted run leaves valid JSONL), --events JSONL and --record annotated video; counts what it
+wrote in the metrics (the summary's "out", summary.py); decides when every camera has ended and then
+exits, which ends the run."""
 
 from __future__ import annotations
 
@@ -15,16 +16,17 @@ import cv2
 import numpy as np
 import zmq
 
-from stream.pipeline import framering, wire
+from stream.pipeline import framering, metrics, wire
 from stream.pipeline.batching import receive
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.roles import Role
 from stream.pipeline.stages.base import Stage
-from stream.pipeline.summary import Stats
 
 log = logging.getLogger(__name__)
 STAGE = Role.SINK
 QUIET_S = 5.0  # without an end-of-stream message: silence that ends a camera whose capture exited
+SPAN_FILE = "span.json"  # run dir: first capture stamp and last result (throughput; outlives a sink)
+END_FILE = "sink.json"  # run dir: written as the sink ends (the supervisor: the run is over)
 
 
 @dataclass
@@ -87,7 +89,9 @@ class Sink:
     def __init__(self, cfg: PipelineConfig, pixels: framering.StagePixels | None = None):
         self.cfg = cfg
         self.cams = {c: CameraState() for c in cfg.cameras}
-        self.stats = Stats()
+        self.m = metrics.get()
+        run_dir = cfg.transport.run_dir
+        self.span = Span(Path(run_dir) / SPAN_FILE if run_dir is not None else None)
         # Append: the supervisor truncated the files at the start; a restarted sink continues them.
         self.out: IO[str] | None = _open(cfg.outputs.out)
         self.events: IO[str] | None = _open(cfg.outputs.events)
@@ -103,7 +107,8 @@ class Sink:
             cam.stale += msg.skipped
             cam.last_at = now
             faces = wire.faces_json(msg.dets)
-            lat = self.stats.add(msg.cam, msg.t, len(faces))
+            lat = wire.latencies_ms(msg.t)
+            self.span.add(msg.t)
             line = {
                 "camera": msg.cam,
                 "seq": msg.seq,
@@ -118,6 +123,9 @@ class Sink:
             if self.recorder and msg.has_pixels:
                 self.record(msg, faces)
             self.pixels.done(msg)
+            # Counted once written: these are the summary's "out", whatever happens to this process.
+            self.m.frames_total.labels(STAGE, msg.cam).inc()
+            self.m.faces_total.labels(msg.cam).inc(len(faces))
         elif isinstance(msg, wire.Event):
             if self.events:
                 self.events.write(json.dumps(msg.event, separators=(",", ":")) + "\n")
@@ -164,21 +172,11 @@ class Sink:
         return True
 
     def summary(self) -> dict[str, Any]:
-        s = self.stats.to_dict()
-        s["cameras"] = list(self.cams)
-        s["sent"] = {c: st.sent for c, st in self.cams.items()}
-        s["missing"] = {
-            c: st.sent - st.received - st.stale
-            for c, st in self.cams.items()
-            if st.sent is not None and st.sent > st.received + st.stale
+        """What only the sink knows (the counts are in the metrics): each camera's end as it said it."""
+        return {
+            "sent_said": {c: st.sent for c, st in self.cams.items()},
+            "errors": {c: st.error for c, st in self.cams.items() if st.error},
         }
-        s["errors"] = {c: st.error for c, st in self.cams.items() if st.error}
-        s["dropped"] = {
-            c: {**(st.dropped or {}), **({"stale": st.stale} if st.stale else {})}
-            for c, st in self.cams.items()
-            if st.dropped or st.stale
-        }
-        return s
 
     def close(self) -> None:
         for f in (self.out, self.events):
@@ -188,12 +186,53 @@ class Sink:
             self.recorder.close()
         if self._own_pixels:
             self.pixels.close()
+        self.span.save()
         # (No run directory any more: the supervisor died, and the stages removed it.)
         if self.cfg.transport.run_dir is not None and Path(self.cfg.transport.run_dir).is_dir():
-            path = Path(self.cfg.transport.run_dir) / "summary.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.summary()))
-            tmp.replace(path)
+            write_json(Path(self.cfg.transport.run_dir) / END_FILE, self.summary())
+
+
+class Span:
+    """The run's first capture stamp and last result (monotonic ns: one clock for every process on
+    the host), kept in the run directory so that a restarted sink continues the first one's span."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.first: int | None = None
+        self.last: int | None = None
+        if path is not None and path.exists():
+            try:
+                saved = json.loads(path.read_text())
+                self.first, self.last = saved.get("first"), saved.get("last")
+            except (OSError, ValueError):
+                pass  # half-written by a killed sink: the span starts again
+
+    def add(self, t: dict[str, int]) -> None:
+        if "capture" in t and (self.first is None or t["capture"] < self.first):
+            self.first = t["capture"]
+            self.save()  # once (or rarely): a sink killed later keeps the run's start
+        if "match_out" in t and (self.last is None or t["match_out"] > self.last):
+            self.last = t["match_out"]
+
+    def save(self) -> None:
+        if self.path is not None and self.path.parent.is_dir():
+            write_json(self.path, {"first": self.first, "last": self.last})
+
+    @staticmethod
+    def seconds(path: Path) -> float | None:
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        first, last = saved.get("first"), saved.get("last")
+        return (last - first) / 1e9 if first is not None and last is not None and last > first else None
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Whole or not at all (a reader never sees half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
 
 
 def _open(path: Path | None) -> IO[str] | None:
