@@ -107,3 +107,13 @@ def test_second_ctrl_c_stops_a_run_at_once_and_its_books_balance(small_clip, mod
     dropped = s["dropped"].get("cam0", {})
     assert s["read"]["cam0"] == len(rows) + sum(dropped.values()), dropped
     assert not s.get("unaccounted") and not any(k.endswith("/lost") for k in dropped), dropped
+
+
+def test_a_burst_of_signals_still_stops_the_stage(tmp_path):
+    """Signals arriving while the last one is being handled (a supervisor's SIGTERM on top of the
+    parent-death signal, an impatient Ctrl-C): once, this deadlocked a stage for good."""
+    proc, err = lone_capture(tmp_path)
+    for i in range(50):
+        proc.send_signal(signal.SIGINT if i % 2 else signal.SIGTERM)
+    took = seconds_to_exit(proc)
+    assert took < BOUND_S, (took, err.read_text()[-1000:])

@@ -59,7 +59,9 @@ class Stop:
         # The signals are read by a thread from the wakeup fd, which the C-level handler writes at
         # once: the main thread may be inside a long native call (a torch batch) where no Python
         # handler runs until it returns, and a hard stop must not wait for that. The Python-level
-        # handlers only keep the defaults (KeyboardInterrupt, termination) away.
+        # handlers only keep the defaults (KeyboardInterrupt, termination) away: they must do nothing
+        # else. A handler that set a threading.Event deadlocked when a second signal arrived while the
+        # first one's set() held the event's lock (a stage then ignored SIGTERM for good).
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: None)
         read_fd, write_fd = os.pipe()
@@ -91,12 +93,14 @@ class Stop:
 
     def _force_exit(self) -> None:
         time.sleep(HARD_STOP_S)
-        log.warning("still busy %.1f s after a hard stop: exiting now", HARD_STOP_S)
+        # No logging here: the main thread may hold a logging lock where it stopped.
+        note = f"{os.getpid()}: still busy {HARD_STOP_S:.1f} s after a hard stop: exiting now\n"
         try:
+            os.write(2, note.encode())
             if self.cleanup is not None:
                 self.cleanup()
         finally:
-            exit_now(EXIT_STOPPED)
+            os._exit(EXIT_STOPPED)
 
     @property
     def supervisor(self) -> int:
