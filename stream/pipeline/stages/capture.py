@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from stream.pipeline import framering, transport, wire
+from stream.pipeline import framering, transport, trust, wire
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.roles import Role
 from stream.pipeline.sources import (
@@ -166,7 +166,13 @@ class Capture(Stage):
             send_blocking(self.out, ev, self.stop, timeout_s=5)
         ring = self.ring.name if self.ring is not None and self.ring.name else None
         eos = wire.eos_message(
-            self.cam, self.sent, read=read, dropped=dict(self.dropped), error=error, ring=ring
+            self.cam,
+            self.sent,
+            read=read,
+            dropped=dict(self.dropped),
+            error=error,
+            ring=ring,
+            origin=trust.own_token(),  # which process sent it: the readers check (trust.py)
         )
         gone = _Orphaned(self.stop)
         if not send_blocking(self.out, eos, gone, timeout_s=self.cfg.capture.send_timeout_s):
