@@ -10,7 +10,8 @@ says about the frame); the last three of them carry the frame's faces as one `De
 A message is multipart: part 0 is a msgpack map (the header), then one raw buffer per array,
 in the order the header's `arrays` lists them. Arrays travel as their bytes (sent copy=False), never
 pickled. `decode` validates everything a peer could get wrong and raises WireError; stages count
-and drop such messages.
+and drop such messages. Whether a well-formed message can be true of this run (its camera, who sent an
+end-of-stream, where a frame reference points) is checked where it is received: trust.py.
 
 Header keys: v, kind, cam, seq, shape, dtype (of the frame pixels, or None), t (stage -> monotonic
 ns), wall (capture time, Unix s), arrays ([name, dtype, shape] of each further buffer: the kind's

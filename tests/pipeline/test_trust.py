@@ -220,7 +220,7 @@ def test_a_bad_reference_costs_exactly_its_own_message(rings):
     for seq in range(3):
         w0.write(imgs[seq], seq)
     w1.write(imgs[3], 0)
-    ring0, ring1 = w0.name, w1.name
+    ring0 = w0.name
     pixels.done(ref_frame("cam0", 0, ring0, 0))  # detect is through with frame 0 of cam0
     done_before = [int(x) for x in w0.ring.done], [int(x) for x in w1.ring.done]
     before = dropped("detect", "cam0", "bad_ref") + dropped("detect", "cam1", "bad_ref")
@@ -277,3 +277,26 @@ def test_end_of_stream_releases_only_its_own_ring_up_to_what_was_written(rings):
     reader.done(ring1, 5)
     assert int(w1.ring.done[framering.PIXEL_READERS.index("embed")]) == 0
     reader.close()
+
+
+def test_match_keeps_the_captures_token_off_the_results_pub():
+    """The results PUB reaches dashboards (maybe beyond loopback): an end-of-stream goes there
+    without its origin, and to the sink with it."""
+    from stream.pipeline.stages.base import Stop
+    from stream.pipeline.stages.match import Match
+
+    cfg = config.load(None, {"sources": [{"url": "a"}]})
+    stage = Match(cfg, 0, Stop())
+    ctx = zmq.Context()
+    try:
+        stage.sink = transport.socket(ctx, zmq.PUSH, bind="inproc://to-sink", hwm=10, linger_ms=0)
+        stage.pub = transport.socket(ctx, zmq.PUB, bind="inproc://pub", hwm=10, linger_ms=0)
+        sink = transport.socket(ctx, zmq.PULL, connect=["inproc://to-sink"], hwm=10, linger_ms=0)
+        sub = transport.socket(ctx, zmq.SUB, connect=["inproc://pub"], hwm=10, linger_ms=0)
+        stage.emit(wire.eos_message("cam0", 4, origin="ab" * 16))
+        for sock, origin in ((sink, "ab" * 16), (sub, None)):
+            assert sock.poll(5000)
+            msg = wire.decode(sock.recv_multipart())
+            assert isinstance(msg, wire.EndOfStream) and msg.origin == origin
+    finally:
+        ctx.destroy(linger=0)
