@@ -166,14 +166,9 @@ class Capture(Stage):
             send_blocking(self.out, ev, self.stop, timeout_s=5)
         ring = self.ring.name if self.ring is not None and self.ring.name else None
         eos = wire.eos_message(
-            self.cam,
-            self.sent,
-            read=read,
-            dropped=dict(self.dropped),
-            error=error,
-            ring=ring,
-            origin=trust.own_token(),  # which process sent it: the readers check (trust.py)
+            self.cam, self.sent, read=read, dropped=dict(self.dropped), error=error, ring=ring
         )
+        eos.origin = trust.own_token()  # which process sent it: the readers check (trust.py)
         gone = _Orphaned(self.stop)
         if not send_blocking(self.out, eos, gone, timeout_s=self.cfg.capture.send_timeout_s):
             log.error("camera %s: nobody took the end-of-stream message", self.cam)
