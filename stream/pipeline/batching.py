@@ -1,7 +1,9 @@
 """Dynamic batching: take what is waiting, up to max_batch, waiting at most max_wait_ms after the
 first message. Never waits for every camera: a lone camera's frame leaves after max_wait_ms at most.
 
-Bad messages are counted and skipped here, so no stage sees an undecoded buffer."""
+Bad messages are counted and skipped here, so no stage sees an undecoded buffer, nor (given the
+stage's trust.Trust) a message for a camera that is not in the config or an end-of-stream that its
+camera's capture did not send."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import zmq
 
 from stream.pipeline import metrics, transport, wire
 from stream.pipeline.roles import ACCEPTS
+from stream.pipeline.trust import Trust
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +28,17 @@ class Received:
     at_ns: int  # monotonic ns when this stage took it (end of its queue wait)
 
 
-def receive(sock: zmq.Socket[Any], stage: str, flags: int = 0) -> Received | None:
-    """One message, decoded and validated; None (counted) when it is bad."""
+def receive(sock: zmq.Socket[Any], stage: str, flags: int = 0, trust: Trust | None = None) -> Received | None:
+    """One message, decoded and validated (and admitted by `trust`: the stages always give theirs);
+    None (counted) when it is bad."""
     parts = transport.recv_parts(sock, flags)
     at = time.monotonic_ns()
     try:
         msg = wire.decode(parts)
         if msg.kind not in ACCEPTS.get(stage, wire.KINDS):
             raise wire.WireError(f"{stage} does not take {msg.kind!r} messages")
+        if trust is not None and not trust.admit(msg):
+            return None  # counted and logged by trust
         return Received(msg, at)
     except wire.WireError as e:
         metrics.get().bad_messages_total.labels(stage).inc()
@@ -47,6 +53,7 @@ def take_batch(
     max_wait_ms: float,
     idle_ms: int = 200,
     weigh: Callable[[wire.Message], int] = lambda m: 1,
+    trust: Trust | None = None,
 ) -> list[Received]:
     """Up to max_batch units of work (weigh: 1 per frame, or faces per frame for embed).
 
@@ -66,7 +73,7 @@ def take_batch(
             if deadline is None and not batch:
                 return batch
             break
-        got = receive(sock, stage, zmq.NOBLOCK)
+        got = receive(sock, stage, zmq.NOBLOCK, trust)
         if got is None:
             continue
         batch.append(got)

@@ -17,7 +17,8 @@ reference names its ring file, and an unknown name is mapped on first sight. The
 once the new generation has filled its slots (by then every frame of the old one would have been
 overwritten anyway); readers that mapped it keep their mapping until they let it go.
 
-Seqlock per slot: the writer sets the slot's stamp to 0, writes the pixels, then stamps seq+1.
+Seqlock per slot: the writer sets the slot's stamp to 0, writes the pixels, then stamps seq+1 (and
+raises `written`, the highest seq+1 written, before the frame's header is sent).
 A reader checks the stamp is seq+1 before and after using the pixels; otherwise the slot was
 overwritten and the frame is a counted drop ("overwritten"), never wrong pixels. (x86 keeps stores
 in order; the stamps are aligned 8-byte words.)
@@ -32,9 +33,17 @@ when it restarts a reading stage: the frames in flight to the dead process are l
 stops waiting for them. Live sources never wait: a stage that falls more than `slots` frames behind
 finds its slot overwritten and drops the frame.
 
+A reference is checked before any use (StagePixels; trust.py has the other boundaries): the ring it
+names must be its camera's capture's (cap<index of the camera in the config>-...), the slot within
+the ring and equal to seq % slots, the shape the ring's, and the seq not ahead of `written`. One that
+fails costs only its own message: counted (frames_dropped_total{reason="forged_ref"}), and it moves no
+reader's progress, releases no slot and is not carried as a frame of the camera (the capture never
+sent it). A reference that passes every check is the same pixels as the frame the capture sent:
+replaying one can only repeat that frame.
+
 Layout: page 0.. (header region, mapped read-write by everyone):
-    0   magic b"FSRING1\\0"     8   slots u32   12 height u32   16 width u32   20 channels u32
-    24  slot_bytes u64        32  data_offset u64
+    0   magic b"FSRING2\\0"     8   slots u32   12 height u32   16 width u32   20 channels u32
+    24  slot_bytes u64        32  data_offset u64   40  written u64 (highest seq+1 written)
     64  done[3] u64 (detect, embed, sink)      96  epoch[3] u64 (same roles)
     128 stamps[slots] u64
 then `slots` slots of `slot_bytes` each (page-aligned), mapped read-only by the readers.
@@ -63,10 +72,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"FSRING1\0"
+MAGIC = b"FSRING2\0"  # 2: the written word
 PAGE = mmap.PAGESIZE
 _HEAD = struct.Struct("<8sIIIIQQ")
-_DONE_AT, _EPOCH_AT, _STAMPS_AT = 64, 96, 128
+_WRITTEN_AT, _DONE_AT, _EPOCH_AT, _STAMPS_AT = 40, 64, 96, 128
 NAME_RE = re.compile(r"^cap[0-9]{1,4}-[0-9]{1,10}-[0-9]{1,6}\.ring$")
 MAX_SLOTS = 4096
 
@@ -76,6 +85,11 @@ DROP_LOG_INTERVAL_S = 10.0
 
 class RingError(RuntimeError):
     """A ring file that is missing, or not what a reference says it is."""
+
+
+class RingGone(RingError):
+    """The ring a reference names does not exist (any more): a frame of a retired generation, which
+    would have been overwritten by now, or a reference to a ring that never was."""
 
 
 def _round_up(n: int, to: int) -> int:
@@ -110,6 +124,7 @@ class _Mapping:
             os.close(fd)
         self.slots, self.shape, self.slot_bytes = slots, (h, w, c), slot_bytes
         hdr = np.frombuffer(self._hdr, np.uint64)
+        self.written = hdr[_WRITTEN_AT // 8 : _WRITTEN_AT // 8 + 1]
         self.done = hdr[_DONE_AT // 8 : _DONE_AT // 8 + len(PIXEL_READERS)]
         self.epoch = hdr[_EPOCH_AT // 8 : _EPOCH_AT // 8 + len(PIXEL_READERS)]
         self.stamps = hdr[_STAMPS_AT // 8 : _STAMPS_AT // 8 + slots]
@@ -119,7 +134,7 @@ class _Mapping:
     def close(self) -> None:
         # Views of the buffers may still be alive in the caller (a frame in flight): the mmaps are then
         # released by the garbage collector when the last view goes.
-        self.done = self.epoch = self.stamps = self.frames = None  # type: ignore[assignment]
+        self.written = self.done = self.epoch = self.stamps = self.frames = None  # type: ignore[assignment]
         for mm in (self._hdr, self._data):
             try:
                 mm.close()
@@ -233,6 +248,8 @@ class RingWriter:
         ring.stamps[slot] = 0
         ring.frames[slot] = frame
         ring.stamps[slot] = seq + 1
+        if int(ring.written[0]) < seq + 1:  # before the header goes out: readers check refs against it
+            ring.written[0] = seq + 1
         self._retire_old()
         return self.name, slot
 
@@ -273,18 +290,26 @@ class RingReader:
         try:
             ring = _Mapping(self.dir / name, writable=False)
         except FileNotFoundError:
-            raise RingError(f"ring {name} is gone") from None
+            raise RingGone(f"ring {name} is gone") from None
         self.rings[name] = ring
         while len(self.rings) > self.keep:
             self.rings.popitem(last=False)[1].close()
         return ring
 
-    def view(self, name: str, slot: int, seq: int, shape: tuple[int, ...]) -> np.ndarray | None:
-        """The frame in place (read-only view), or None when the slot no longer holds `seq`.
-        RingError: the ring is missing or does not match the reference (a bad reference)."""
+    def checked(self, name: str, slot: int, seq: int, shape: tuple[int, ...]) -> _Mapping:
+        """The ring of a reference that matches it: slot within it and seq % slots, its frame shape,
+        seq already written. RingError (RingGone: no such ring) otherwise."""
         ring = self._ring(name)
         if slot >= ring.slots or tuple(shape) != ring.shape or slot != seq % ring.slots:
             raise RingError(f"reference to {name} slot {slot} {tuple(shape)} does not match the ring")
+        if seq >= int(ring.written[0]):
+            raise RingError(f"reference to {name} frame {seq}, which is not written yet")
+        return ring
+
+    def view(self, name: str, slot: int, seq: int, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The frame in place (read-only view), or None when the slot no longer holds `seq`.
+        RingError: the ring is missing or does not match the reference (a bad reference)."""
+        ring = self.checked(name, slot, seq, shape)
         if int(ring.stamps[slot]) != seq + 1:
             return None
         frame: np.ndarray = ring.frames[slot]
@@ -295,14 +320,18 @@ class RingReader:
         ring = self.rings.get(name)
         return ring is not None and int(ring.stamps[slot]) == seq + 1
 
-    def done(self, name: str, seq: int) -> None:
-        """This role no longer needs frames up to `seq` of that ring (flow control for the capture)."""
+    def done(self, name: str, seq: int, end: bool = False) -> None:
+        """This role no longer needs frames up to `seq` of that ring (flow control for the capture).
+        Never past what the writer has written (a frame's seq < written; a camera's end, `end`, at
+        seq = frames sent <= written): a forged seq must not release slots of frames in flight."""
         ring = self.rings.get(name)
         if ring is None:
             try:
                 ring = self._ring(name)
             except RingError:
                 return
+        if seq > int(ring.written[0]) - (0 if end else 1):
+            return
         if self.role is not None and int(ring.done[self.role]) < seq + 1:
             ring.done[self.role] = seq + 1
 
@@ -371,7 +400,12 @@ class StagePixels:
     load() before using msg.frame, check() after (seqlock); a frame whose slot was overwritten is
     dropped and counted (frames_dropped_total{stage,camera,reason="overwritten"}), and the drop rides
     on the camera's next frame or end through this stage as its `skipped`, so the sink's accounting
-    stays exact. done() releases the slot for this role (the capture's flow control)."""
+    stays exact. done() releases the slot for this role (the capture's flow control).
+
+    A reference that fails the checks (see the module docstring) is a forged_ref drop that is forgotten
+    (msg.ref = None): done() then releases nothing and carry() does not count it as the camera's frame.
+    A ring that is gone is the one exception that is carried: a genuine frame of a retired generation
+    ends that way, and the sink must then not wait for it."""
 
     def __init__(self, cfg: PipelineConfig, stage: str):
         from stream.pipeline import metrics
@@ -379,6 +413,7 @@ class StagePixels:
         self.stage = stage
         self.m = metrics.get()
         self.reader = RingReader(cfg.transport.shm_dir, stage) if cfg.transport.shm_dir else None
+        self.cam_index = {cam: i for i, cam in enumerate(cfg.cameras)}  # capture index = ring owner
         self.skipped: dict[str, int] = {}
         self._last_log: dict[str, float] = {}  # camera -> monotonic time of its last drop warning
         self._unlogged: dict[str, int] = {}  # camera -> drops counted since then, not yet logged
@@ -392,9 +427,14 @@ class StagePixels:
             self._drop(msg, "no_ring", f"a ring reference, but {self.stage} has no ring directory")
             return False
         try:
+            self._check_owner(msg.cam, ref.ring)
             frame = self.reader.view(ref.ring, ref.slot, msg.seq, ref.shape)
-        except RingError as e:
+        except RingGone as e:
             self._drop(msg, "bad_ref", str(e))
+            return False
+        except RingError as e:  # not a reference the capture sent: costs this message only
+            msg.ref = None
+            self._drop(msg, "forged_ref", str(e), carried=False)
             return False
         if frame is None:
             self._drop(msg, "overwritten")
@@ -411,13 +451,20 @@ class StagePixels:
         return False
 
     def done(self, msg: wire.Message) -> None:
+        """This role is through with the frame's slot (or with the camera: its end of stream). Only
+        for references to the camera's own ring, within what was written (RingReader.done)."""
         if self.reader is None:
             return
-        if isinstance(msg, wire.FrameMessage) and msg.ref is not None:
-            self.reader.done(msg.ref.ring, msg.seq)
-        elif isinstance(msg, wire.EndOfStream) and msg.ring and NAME_RE.match(msg.ring):
-            # A camera's end of stream (seq = frames sent): taken, which its capture waits for.
-            self.reader.done(msg.ring, msg.seq)
+        ring = msg.ref.ring if isinstance(msg, wire.FrameMessage) and msg.ref is not None else None
+        if isinstance(msg, wire.EndOfStream) and msg.ring and NAME_RE.match(msg.ring):
+            ring = msg.ring  # a camera's end of stream (seq = frames sent): taken, its capture waits
+        if ring is None:
+            return
+        try:
+            self._check_owner(msg.cam, ring)
+        except RingError:
+            return
+        self.reader.done(ring, msg.seq, end=isinstance(msg, wire.EndOfStream))
 
     def carry(self, msg: wire.Message) -> None:
         """Attach this camera's dropped frames to a message that goes on (frames, results, its end);
@@ -425,7 +472,15 @@ class StagePixels:
         if isinstance(msg, wire.FrameMessage | wire.EndOfStream):
             msg.skipped += self.skipped.pop(msg.cam, 0)
 
-    def _drop(self, msg: wire.FrameMessage, reason: str, why: str | None = None) -> None:
+    def _check_owner(self, cam: str, ring: str) -> None:
+        """The ring must be the one of this camera's capture (its index in the config)."""
+        index = self.cam_index.get(cam)
+        if not ring.startswith(f"cap{index}-") or not NAME_RE.match(ring):
+            raise RingError(f"ring {ring} is not camera {cam}'s")
+
+    def _drop(
+        self, msg: wire.FrameMessage, reason: str, why: str | None = None, carried: bool = True
+    ) -> None:
         # Every drop is counted; the log says so at most once per camera every DROP_LOG_INTERVAL_S (a
         # fast live camera can lose hundreds of frames a second, and one line each drowns the log).
         now = time.monotonic()
@@ -444,7 +499,8 @@ class StagePixels:
         else:
             self._unlogged[msg.cam] = unlogged + 1
         self.m.frames_dropped_total.labels(self.stage, msg.cam, reason).inc()
-        self.skipped[msg.cam] = self.skipped.get(msg.cam, 0) + 1 + msg.skipped
+        if carried:  # a frame the capture sent: the sink must not wait for it
+            self.skipped[msg.cam] = self.skipped.get(msg.cam, 0) + 1 + msg.skipped
 
     def close(self) -> None:
         if self.reader is not None:

@@ -28,6 +28,9 @@ from typing import Any
 from stream.pipeline.roles import Role
 
 SECONDS_TO_MS = 1000.0
+# Drop reasons of messages that were never one of the camera's frames (a forged ring reference): they
+# are reported, but are not in the camera's books.
+NOT_FRAMES = frozenset({"forged_ref"})
 
 
 @dataclass
@@ -106,6 +109,7 @@ class Books:
     out: int = 0
     faces: int = 0
     dropped: dict[str, int] = field(default_factory=dict)  # "stage/reason" -> frames
+    forged: int = 0  # messages that claimed to be this camera's frames but never were (trust.py)
 
     @property
     def dropped_by_capture(self) -> int:
@@ -128,7 +132,9 @@ def books(samples: Samples, cameras: list[str]) -> dict[str, Books]:
     faces = samples.per_camera("faces")
     result = {cam: Books(sent.get(cam, 0), out.get(cam, 0), faces.get(cam, 0)) for cam in cameras}
     for labels, v in samples.counter("frames_dropped"):
-        if v and labels["camera"] in result:
+        if v and labels["camera"] in result and labels["reason"] in NOT_FRAMES:
+            result[labels["camera"]].forged += int(v)
+        elif v and labels["camera"] in result:
             key = f"{labels['stage']}/{labels['reason']}"
             result[labels["camera"]].dropped[key] = result[labels["camera"]].dropped.get(key, 0) + int(v)
     return result
@@ -150,6 +156,7 @@ def summarize(samples: Samples, cameras: list[str], span_s: float | None) -> dic
         "sent": {c: b.sent for c, b in kept.items()},
         "dropped": {c: dict(sorted(b.dropped.items())) for c, b in kept.items() if b.dropped},
         "unaccounted": {c: b.unaccounted for c, b in kept.items() if b.unaccounted},
+        "forged": {c: b.forged for c, b in kept.items() if b.forged},
         "seconds": round(span_s, 3) if span_s else 0.0,
         "fps": round(total_out / span_s, 2) if span_s else None,
         "processing_ms": {s: quantiles(stage_s, (50, 95), stage=s) for s in stages if _seen(stage_s, s)},
@@ -176,6 +183,9 @@ def format_summary(s: dict[str, Any]) -> str:
             f"  camera {cam}: {read.get(cam, 0)} frames read = {frames.get(cam, 0)} out + {n_dropped} dropped"
             f" ({drop_txt}); {faces.get(cam, 0)} faces" + (f"; FAILED: {err}" if err else "")
         )
+        forged = s.get("forged", {}).get(cam)
+        if forged:
+            lines.append(f"    {forged} forged frame messages refused (not the camera's frames)")
         missing = s.get("unaccounted", {}).get(cam)
         if missing:
             lines.append(f"    {missing} frames UNACCOUNTED FOR (a bug: please report it)")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from stream.errors import FacestreamError
-from stream.pipeline import framering, metrics, transport, wire
+from stream.pipeline import framering, metrics, transport, trust, wire
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.roles import CONTROL, Role
 from stream.pipeline.sources import check, is_live, without_url
@@ -106,6 +106,8 @@ class Supervisor:
             cmd.append("-v")
         cmd += ["stage", child.role, "--config", str(self.cfg_path), "--index", str(child.index)]
         env = {**os.environ, "FACESTREAM_SUPERVISED": str(os.getpid()), "OPENCV_LOG_LEVEL": "ERROR"}
+        if child.role == Role.CAPTURE:  # its identity for its end-of-stream; a new one on a restart
+            env[trust.TOKEN_ENV] = trust.issue_token(self.run_dir, child.index, renew=child.proc is not None)
         # Idle OpenMP threads sleep instead of spinning: stages share the cores (see stage_threads).
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which then drains in order.
@@ -153,6 +155,8 @@ class Supervisor:
         self._ctx = zmq.Context()
         self._control = transport.socket(self._ctx, zmq.PUSH, bind=cfg.endpoint(CONTROL), hwm=100)
 
+        for i in range(len(cfg.sources)):  # before the stages start, so a changed token means a restart
+            trust.issue_token(self.run_dir, i)
         workers = [Child(Role.SINK, 0), Child(Role.MATCH, 0)]
         workers += [Child(Role.EMBED, i) for i in range(cfg.embed.workers)]
         workers += [Child(Role.DETECT, i) for i in range(cfg.detect.workers)]

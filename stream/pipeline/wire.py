@@ -10,7 +10,8 @@ says about the frame); the last three of them carry the frame's faces as one `De
 A message is multipart: part 0 is a msgpack map (the header), then one raw buffer per array,
 in the order the header's `arrays` lists them. Arrays travel as their bytes (sent copy=False), never
 pickled. `decode` validates everything a peer could get wrong and raises WireError; stages count
-and drop such messages.
+and drop such messages. Whether a well-formed message can be true of this run (its camera, who sent an
+end-of-stream, where a frame reference points) is checked where it is received: trust.py.
 
 Header keys: v, kind, cam, seq, shape, dtype (of the frame pixels, or None), t (stage -> monotonic
 ns), wall (capture time, Unix s), arrays ([name, dtype, shape] of each further buffer: the kind's
@@ -34,7 +35,7 @@ import numpy as np
 
 from stream.detections import Detections
 
-VERSION = 2  # 2: typed meta per kind, result faces as arrays (+ names), the capture-gone kind
+VERSION = 3  # 2: typed meta per kind, result faces as arrays (+ names), the capture-gone kind; 3: eos origin
 
 
 class Kind(StrEnum):
@@ -62,6 +63,7 @@ _MAX_DIMS = 4
 _MAX_ELEMENTS = 1 << 28  # 256 M elements: refuse absurd shapes before allocating anything
 _RING_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")  # a file name, never a path
 _MAX_SLOT = 1 << 16
+_MAX_ORIGIN = 128  # an eos origin is a token (trust.py), never a long string
 
 
 class WireError(ValueError):
@@ -158,6 +160,7 @@ class EndOfStream(Message):
     error: str | None = None  # why the source failed, if it did
     ring: str | None = None  # the camera's ring file (readers mark the end taken there)
     skipped: int = 0  # frames dropped by stages after the camera's last frame that went on
+    origin: str | None = None  # the capture process's token from its supervisor (trust.py)
 
     @property
     def sent(self) -> int:
@@ -210,10 +213,19 @@ def eos_message(
     dropped: dict[str, int] | None = None,
     error: str | None = None,
     ring: str | None = None,
+    origin: str | None = None,
 ) -> EndOfStream:
-    """End of a camera's stream: `sent` frames went out before it (seq 0..sent-1 at most)."""
+    """End of a camera's stream: `sent` frames went out before it (seq 0..sent-1 at most). `origin`:
+    the token the supervisor gave this capture process (trust.py), which the readers check."""
     return EndOfStream(
-        cam=cam, seq=sent, wall=time.time(), read=read, dropped=dropped or {}, error=error, ring=ring
+        cam=cam,
+        seq=sent,
+        wall=time.time(),
+        read=read,
+        dropped=dropped or {},
+        error=error,
+        ring=ring,
+        origin=origin,
     )
 
 
@@ -442,6 +454,7 @@ _KIND_META: dict[Kind, dict[str, Any]] = {
         "error": (str, type(None)),
         "ring": (str, type(None)),
         "skipped": int,
+        "origin": (str, type(None)),
     },
     Kind.EVENT: {"event": dict},
     Kind.GONE: {"error": (str, type(None))},
@@ -467,6 +480,8 @@ def _kind_meta(kind: Kind, meta: dict[str, Any]) -> dict[str, Any]:
         raise WireError("eos: dropped must map reasons to counts")
     if kind == Kind.EOS and meta["ring"] is not None and not _RING_NAME.match(meta["ring"]):
         raise WireError(f"eos: bad ring name {meta['ring']!r}")
+    if kind == Kind.EOS and meta["origin"] is not None and len(meta["origin"]) > _MAX_ORIGIN:
+        raise WireError("eos: origin too long")
     if kind == Kind.RESULT and not all(isinstance(x, str | None) for x in meta["names"]):
         raise WireError("result: names must be strings or null")
     out = dict(meta)

@@ -58,7 +58,9 @@ def test_overwritten_slot_is_detected_before_and_after_use(ring_dir):
         w.write(imgs[seq], seq)
     assert not r.valid(name, slot, 0)  # after use: the reader learns its pixels were not frame 0
     assert r.view(name, slot, 0, imgs[0].shape) is None  # before use: refused at once
-    # A torn write (stamp cleared, pixels half written) is never valid either.
+    # A torn write (stamp cleared, pixels half written) is never valid either. (Seq 5 was written once:
+    # a reference to a frame not written yet is refused outright, see the test of references below.)
+    w.write(imgs[5], 5)
     ring = w.ring
     ring.stamps[1] = 0
     assert r.view(name, 1, 5, imgs[0].shape) is None and not r.valid(name, 1, 5)

@@ -27,6 +27,7 @@ from stream.cpu import cpu_info
 from stream.pipeline import framering, metrics, transport, wire
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.roles import PIXEL_READERS, Role
+from stream.pipeline.trust import Trust
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ class Stage:
         self.index = index
         self.stop = stop
         self.m = metrics.get()
+        self.trust = Trust.of(cfg, self.role)  # what its inputs must be to be acted on (trust.py)
         self.ctx: transport.Context | None = None
         self.pixels: framering.StagePixels | None = None
         self._sockets: list[tuple[zmq.Socket[Any], int | None]] = []

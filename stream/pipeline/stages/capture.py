@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from stream.pipeline import framering, transport, wire
+from stream.pipeline import framering, transport, trust, wire
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.roles import Role
 from stream.pipeline.sources import (
@@ -171,6 +171,7 @@ class Capture(Stage):
         eos = wire.eos_message(
             self.cam, self.sent, read=read, dropped=dict(self.dropped), error=error, ring=ring
         )
+        eos.origin = trust.own_token()  # which process sent it: the readers check (trust.py)
         if self.stop and not self.stop.hard:
             log.info(
                 "camera %s: waiting for the pipeline to take its last frames (stop again: at once)", self.cam

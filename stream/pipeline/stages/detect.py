@@ -16,6 +16,7 @@ from stream.pipeline.batching import Received, receive, take_batch
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.roles import Role
 from stream.pipeline.stages.base import Stage, Stop, send_blocking, set_threads, stage_threads
+from stream.pipeline.trust import Trust
 
 if TYPE_CHECKING:
     from stream.detector import MTCNN
@@ -58,13 +59,15 @@ class Detect(Stage):
 
     def step(self) -> None:
         d = self.cfg.detect
-        batch = take_batch(self.inp, self.role, d.max_batch, d.max_wait_ms)
-        batch = keep_freshest(batch, self.inp, self.m)
+        batch = take_batch(self.inp, self.role, d.max_batch, d.max_wait_ms, trust=self.trust)
+        batch = keep_freshest(batch, self.inp, self.m, self.trust)
         if batch:
             process(batch, self.detector, self.out, self.m, self.stop, self.pixels)
 
 
-def keep_freshest(batch: list[Received], sock: zmq.Socket[Any], m: metrics.Metrics) -> list[Received]:
+def keep_freshest(
+    batch: list[Received], sock: zmq.Socket[Any], m: metrics.Metrics, trust: Trust | None = None
+) -> list[Received]:
     """Latest-frame semantics for live frames (live cameras, --realtime files): a detector that fell
     behind skips straight to each camera's newest frame instead of working through a backlog, so
     latency stays at about one frame's processing time. Skipped frames are counted (reason "stale")
@@ -74,7 +77,7 @@ def keep_freshest(batch: list[Received], sock: zmq.Socket[Any], m: metrics.Metri
         return batch
     if isinstance(batch[-1].msg, wire.Frame):  # take what else is already waiting, up to a control message
         while sock.poll(0, zmq.POLLIN):
-            got = receive(sock, STAGE, zmq.NOBLOCK)
+            got = receive(sock, STAGE, zmq.NOBLOCK, trust)
             if got is not None:
                 batch.append(got)
                 if not isinstance(got.msg, wire.Frame):

@@ -47,7 +47,7 @@ class Embed(Stage):
 
     def step(self) -> None:
         e = self.cfg.embed
-        batch = take_batch(self.inp, self.role, e.max_batch, e.max_wait_ms, weigh=faces_in)
+        batch = take_batch(self.inp, self.role, e.max_batch, e.max_wait_ms, weigh=faces_in, trust=self.trust)
         if batch:
             process(batch, self.embedder, self.out, self.m, self.stop, self.keep_pixels, self.pixels)
 

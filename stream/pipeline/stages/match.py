@@ -112,6 +112,8 @@ class Match(Stage):
         light = msg
         if isinstance(msg, wire.FrameMessage) and (msg.frame is not None or msg.ref):
             light = dataclasses.replace(msg, frame=None, ref=None)
+        elif isinstance(msg, wire.EndOfStream) and msg.origin:  # the capture's token stays inside
+            light = dataclasses.replace(msg, origin=None)
         try:  # dashboards are best-effort: a slow subscriber loses messages, never slows us
             transport.send(self.pub, light, zmq.NOBLOCK)
         except zmq.Again:
@@ -125,7 +127,7 @@ class Match(Stage):
         self.namer.refresh()
         if not self.inp.poll(200, zmq.POLLIN):
             return
-        got = receive(self.inp, self.role, zmq.NOBLOCK)
+        got = receive(self.inp, self.role, zmq.NOBLOCK, self.trust)
         if got is None:
             return
         msg, m = got.msg, self.m

@@ -21,6 +21,7 @@ from stream.pipeline.batching import receive
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.roles import Role
 from stream.pipeline.stages.base import Stage
+from stream.pipeline.trust import Trust
 
 log = logging.getLogger(__name__)
 STAGE = Role.SINK
@@ -86,8 +87,11 @@ class Recorder:
 class Sink:
     """What the sink does with each message (SinkStage runs it)."""
 
-    def __init__(self, cfg: PipelineConfig, pixels: framering.StagePixels | None = None):
+    def __init__(
+        self, cfg: PipelineConfig, pixels: framering.StagePixels | None = None, trust: Trust | None = None
+    ):
         self.cfg = cfg
+        self.trust = Trust.of(cfg, STAGE) if trust is None else trust
         self.cams = {c: CameraState() for c in cfg.cameras}
         self.m = metrics.get()
         run_dir = cfg.transport.run_dir
@@ -133,6 +137,8 @@ class Sink:
             cam.exited_at = now
             cam.error = cam.error or msg.error
         elif isinstance(msg, wire.EndOfStream):
+            if not self.trust.eos_counts_agree(msg, cam.received + cam.stale):
+                return  # refused (counted, logged): fewer frames sent than already seen
             cam.stale += msg.skipped  # frames a stage dropped just before the end
             cam.sent = msg.sent
             cam.eos_at = now
@@ -244,7 +250,7 @@ class SinkStage(Stage):
     role = Role.SINK
 
     def open(self) -> None:
-        self.sink = Sink(self.cfg, self.pixels)
+        self.sink = Sink(self.cfg, self.pixels, self.trust)
         self.inp = self.input(hwm=16)
 
     def finished(self) -> bool:
@@ -253,7 +259,7 @@ class SinkStage(Stage):
     def step(self) -> None:
         if not self.inp.poll(100, zmq.POLLIN):
             return
-        got = receive(self.inp, self.role, zmq.NOBLOCK)
+        got = receive(self.inp, self.role, zmq.NOBLOCK, self.trust)
         if got is not None:
             self.sink.handle(got.msg)
 
