@@ -25,6 +25,7 @@ import torch
 
 from stream.detections import Detections
 from stream.errors import FacestreamError, ModelMissingError
+from stream.guided import Box, merge
 from stream.mtcnn_nets import WEIGHT_FILES, ONet, PNet, RNet, load_net
 from stream.nms import batched_nms
 from stream.pyramid import IntegralImages, area_resize, crop_resize, integral_images
@@ -65,6 +66,22 @@ def validate_frame(i: int, frame: object) -> None:
         raise FacestreamError(
             f"frame {i}: expected an H x W x 3 uint8 RGB image, got shape {tuple(frame.shape)} dtype {frame.dtype}"
         )
+
+
+def _one_per_face(parts: list[Detections]) -> Detections:
+    """One frame's detections from several crops, a face found in two crops kept once (the same NMS
+    as the cascade's last step: "min" overlap 0.7, best score first)."""
+    if len(parts) <= 1:
+        return parts[0] if parts else Detections.empty()
+    d = Detections.merge(parts)
+    keep = batched_nms(
+        torch.from_numpy(d.boxes),
+        torch.from_numpy(d.scores),
+        torch.zeros(len(d), dtype=torch.long),
+        0.7,
+        "min",
+    )
+    return d[keep.numpy()]
 
 
 def _rerec(b: torch.Tensor) -> torch.Tensor:
@@ -155,6 +172,44 @@ class MTCNN:
             return []
         with self._lock, torch.inference_mode():
             return self._detect(frames)
+
+    def detect_regions(
+        self, frames: Sequence[np.ndarray], regions: Sequence[Sequence[Box] | None]
+    ) -> list[Detections]:
+        """Faces in each frame, looking only inside its regions (x1, y1, x2, y2 pixel boxes; None: the
+        whole frame; empty: nowhere), in frame coordinates. Overlapping regions are merged first. Every
+        crop of every frame goes through the cascade in one batch (crops are frames of their own
+        size); a face on two crops' common border is kept once (the cascade's final NMS, across the
+        frame's crops)."""
+        frames = list(frames)
+        if len(regions) != len(frames):
+            raise FacestreamError(f"detect_regions: {len(regions)} region lists for {len(frames)} frames")
+        inputs: list[np.ndarray] = []
+        owner: list[tuple[int, int, int]] = []  # (frame index, x offset, y offset) of each input
+        for i, (frame, where) in enumerate(zip(frames, regions, strict=True)):
+            validate_frame(i, frame)
+            if where is None:
+                inputs.append(frame)
+                owner.append((i, 0, 0))
+                continue
+            h, w = frame.shape[:2]
+            # Overlapping regions become one: a face cut by a crop's edge would score as well as the
+            # whole face in the next crop, and could win.
+            for x1, y1, x2, y2 in merge(list(where)):
+                x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+                if x2 - x1 >= 12 and y2 - y1 >= 12:  # smaller holds no P-Net window
+                    inputs.append(np.ascontiguousarray(frame[y1:y2, x1:x2]))
+                    owner.append((i, x1, y1))
+        if not inputs:
+            return [Detections.empty() for _ in frames]
+        with self._lock, torch.inference_mode():
+            found = self._detect(inputs)
+        parts: list[list[Detections]] = [[] for _ in frames]
+        for (i, dx, dy), d in zip(owner, found, strict=True):
+            if len(d):
+                shift = np.array([dx, dy], np.float32)
+                parts[i].append(Detections(d.boxes + np.tile(shift, 2), d.scores, d.landmarks + shift))
+        return [_one_per_face(p) for p in parts]
 
     # -- pipeline --------------------------------------------------------------------------------
     def _detect(self, frames: list[np.ndarray]) -> list[Detections]:

@@ -56,6 +56,7 @@ class Metrics:
     camera_reconnects_total: Counter
     worker_restarts_total: Counter
     bad_messages_total: Counter
+    detect_plans_total: Counter
     auth_failures_total: Counter
 
 
@@ -113,6 +114,12 @@ def get() -> Metrics:
             ),
             bad_messages_total=Counter(
                 "facestream_bad_messages", "Messages that failed to decode or validate", ["stage"]
+            ),
+            detect_plans_total=Counter(
+                "facestream_detect_plans",
+                "Frames by what detection looked at (first/periodic/cut: whole frame; guided: regions; "
+                "still: nothing)",
+                ["camera", "plan"],
             ),
             auth_failures_total=Counter(
                 "facestream_auth_failures",

@@ -11,6 +11,7 @@ import numpy as np
 import zmq
 
 from stream.detections import Detections
+from stream.guided import Guide, GuidedSettings
 from stream.pipeline import framering, metrics, wire
 from stream.pipeline.batching import Received, receive, take_batch
 from stream.pipeline.config import PipelineConfig
@@ -52,17 +53,20 @@ class Detect(Stage):
         set_threads(stage_threads(self.cfg, self.role))
         self.detector = load_detector(self.cfg)
         warm_up(self.detector)
+        d = self.cfg.detect
+        settings = GuidedSettings(full_every_s=d.full_every_s, min_face_size=d.min_face_size)
+        self.guide = Guide(settings) if d.mode == "guided" else None
 
     def ready_line(self) -> str:
         d = self.cfg.detect
-        return f"{self.name} ready (max_batch {d.max_batch}, max_wait {d.max_wait_ms:.1f} ms)"
+        return f"{self.name} ready ({d.mode}, max_batch {d.max_batch}, max_wait {d.max_wait_ms:.1f} ms)"
 
     def step(self) -> None:
         d = self.cfg.detect
         batch = take_batch(self.inp, self.role, d.max_batch, d.max_wait_ms, trust=self.trust)
         batch = keep_freshest(batch, self.inp, self.m, self.trust)
         if batch:
-            process(batch, self.detector, self.out, self.m, self.stop, self.pixels)
+            process(batch, self.detector, self.out, self.m, self.stop, self.pixels, self.guide)
 
 
 def keep_freshest(
@@ -109,6 +113,7 @@ def process(
     m: metrics.Metrics,
     stop: Stop,
     pixels: framering.StagePixels | None = None,
+    guide: Guide | None = None,
 ) -> None:
     px: framering.StagePixels | _Inline = pixels or _INLINE
     # Ring frames are viewed in place (load), and verified after detection (check): a slot the capture
@@ -131,7 +136,14 @@ def process(
         start = time.monotonic_ns()
         found: list[Detections] | list[None]
         try:
-            found = detector.detect([msg.frame for _, msg in frames])  # type: ignore[misc]  # sizes may differ
+            images: list[np.ndarray] = [msg.frame for _, msg in frames]  # type: ignore[misc]  # loaded
+            if guide is None:
+                found = detector.detect(images)
+            else:
+                plans = [guide.plan(msg.cam, msg.frame, _time(msg)) for _, msg in frames]  # type: ignore[arg-type]
+                for (_, msg), p in zip(frames, plans, strict=True):
+                    m.detect_plans_total.labels(msg.cam, p.reason).inc()
+                found = detector.detect_regions(images, [p.regions for p in plans])
         except Exception as e:  # noqa: BLE001 - bad input must not kill the stage
             log.warning("detect failed on a batch of %d frames: %s", len(frames), e)
             found = [None] * len(frames)
@@ -146,6 +158,8 @@ def process(
             if d is None:
                 results[id(r)] = msg.to(wire.Dets, error="detection failed")
             else:
+                if guide is not None:
+                    guide.observe(msg.cam, d.boxes)
                 results[id(r)] = msg.to(wire.Dets, dets=Detections.of(d.boxes, d.scores, d.landmarks))
     for r in batch:
         px.done(r.msg)  # detect is through with this slot
@@ -156,6 +170,11 @@ def process(
             out_msg = out_msg.to(wire.Dets)
         px.carry(out_msg)
         send_blocking(out, out_msg, stop)
+
+
+def _time(msg: wire.FrameMessage) -> float:
+    """The frame's time: the video's own clock for files (pts), capture wall time for live cameras."""
+    return msg.pts if msg.pts is not None else msg.wall
 
 
 class _Inline:

@@ -1,0 +1,155 @@
+"""Guided detection: where in a frame the detector needs to look (detect.mode: guided).
+
+Most of a fixed camera's frame does not change from one frame to the next, and a face found a frame
+ago is near where it was. So per camera, a `DetectionPlan` decides for each frame:
+- the whole frame: the first frame, every `full_every_s` of video time (so that nothing standing still
+  is missed for long), and at a scene cut (most of the picture changed at once);
+- otherwise the regions that changed (differencing of small grey copies of consecutive frames, with a
+  margin) plus the regions around the faces found last time, merged where they overlap;
+- nothing at all when nothing moved and no face was there (a static empty scene costs one resize).
+The detector runs the same cascade on those crops (MTCNN.detect_regions). What it costs in recall is
+measured in benchmarks/bench_guided.py (results: benchmarks/RESULTS.md, "Guided detection")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in frame pixels (x2, y2 exclusive)
+
+SMALL_WIDTH = 160  # motion is measured on a copy this wide: enough for a face's worth of change
+
+
+@dataclass(frozen=True)
+class GuidedSettings:
+    full_every_s: float = 1.0  # a whole-frame pass at least this often (video time)
+    motion_threshold: int = 18  # grey-level change (0-255) of a small-copy pixel that counts as motion
+    cut_fraction: float = 0.5  # this share of the picture changing at once is a scene cut
+    margin: float = 0.5  # each region grows by this share of its size on every side
+    min_face_size: int = 20  # the detector's: a region is never smaller than a face with its margin
+    max_area: float = 0.6  # regions covering more than this share of the frame: run the whole frame
+
+
+@dataclass
+class Plan:
+    """What to detect in one frame: the whole frame (regions None) or these regions (maybe none)."""
+
+    regions: list[Box] | None
+    reason: str  # "first", "periodic", "cut", "guided", "still"
+
+    @property
+    def full(self) -> bool:
+        return self.regions is None
+
+
+@dataclass
+class DetectionPlan:
+    """One camera's state: the last small grey frame, the last whole-frame pass, the last faces."""
+
+    settings: GuidedSettings = field(default_factory=GuidedSettings)
+    _small: np.ndarray | None = None
+    _shape: tuple[int, ...] | None = None
+    _last_full: float | None = None
+    _faces: list[Box] = field(default_factory=list)
+
+    def plan(self, frame: np.ndarray, t: float) -> Plan:
+        """Where to look in `frame` (RGB, H x W x 3) taken at `t` seconds (video or wall time)."""
+        s = self.settings
+        h, w = frame.shape[:2]
+        small = _small_grey(frame)
+        previous, self._small = self._small, small
+        if previous is None or self._shape != frame.shape or self._last_full is None:
+            self._shape = frame.shape
+            return self._full(t, "first")
+        if t - self._last_full >= s.full_every_s or t < self._last_full:
+            return self._full(t, "periodic")
+        changed = cv2.absdiff(small, previous) > s.motion_threshold
+        if changed.mean() >= s.cut_fraction:
+            return self._full(t, "cut")
+        regions = [*_motion_boxes(changed, w / small.shape[1], h / small.shape[0]), *self._faces]
+        if not regions:
+            return Plan([], "still")
+        grown = merge([_grow(b, s.margin, 2 * s.min_face_size, w, h) for b in regions])
+        if sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in grown) > s.max_area * w * h:
+            return self._full(t, "periodic")
+        return Plan(grown, "guided")
+
+    def observe(self, boxes: np.ndarray) -> None:
+        """The faces found in the frame just planned (N x 4 float boxes): looked at again next time."""
+        self._faces = [(int(b[0]), int(b[1]), int(np.ceil(b[2])), int(np.ceil(b[3]))) for b in boxes]
+
+    def _full(self, t: float, reason: str) -> Plan:
+        self._last_full = t
+        return Plan(None, reason)
+
+
+def _small_grey(frame: np.ndarray) -> np.ndarray:
+    h, w = frame.shape[:2]
+    size = (SMALL_WIDTH, max(1, round(h * SMALL_WIDTH / w)))
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    # Area averaging: sensor noise averages out, real change does not.
+    return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+
+
+def _motion_boxes(changed: np.ndarray, sx: float, sy: float) -> list[Box]:
+    """Bounding boxes (frame pixels) of the connected areas of change."""
+    mask = cv2.dilate(changed.astype(np.uint8), np.ones((3, 3), np.uint8))
+    n, _labels, stats, _centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    boxes = []
+    for x, y, bw, bh, _area in stats[1:n]:  # label 0 is the background
+        boxes.append((int(x * sx), int(y * sy), int(np.ceil((x + bw) * sx)), int(np.ceil((y + bh) * sy))))
+    return boxes
+
+
+def _grow(b: Box, margin: float, min_side: int, w: int, h: int) -> Box:
+    """`b` with `margin` of its size added on every side, at least `min_side` square, in the frame."""
+    x1, y1, x2, y2 = b
+    bw, bh = max(x2 - x1, 1), max(y2 - y1, 1)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    half_w = max(bw * (0.5 + margin), min_side / 2)
+    half_h = max(bh * (0.5 + margin), min_side / 2)
+    return (
+        max(0, int(cx - half_w)),
+        max(0, int(cy - half_h)),
+        min(w, int(np.ceil(cx + half_w))),
+        min(h, int(np.ceil(cy + half_h))),
+    )
+
+
+def merge(boxes: list[Box]) -> list[Box]:
+    """Overlapping boxes replaced by their bounding box, until none overlap (a face on the border of
+    two regions is then inside one of them)."""
+    out = list(boxes)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                a, b = out[i], out[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    out[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del out[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return sorted(out)
+
+
+class Guide:
+    """The detect stage's plans, one per camera."""
+
+    def __init__(self, settings: GuidedSettings) -> None:
+        self.settings = settings
+        self.cameras: dict[str, DetectionPlan] = {}
+
+    def plan(self, cam: str, frame: np.ndarray, t: float) -> Plan:
+        if cam not in self.cameras:
+            self.cameras[cam] = DetectionPlan(self.settings)
+        return self.cameras[cam].plan(frame, t)
+
+    def observe(self, cam: str, boxes: np.ndarray) -> None:
+        if cam in self.cameras:
+            self.cameras[cam].observe(boxes)
