@@ -117,7 +117,7 @@ def run(detector: MTCNN, frames: list[np.ndarray], settings: GuidedSettings) -> 
         full.append(detector.detect([frame])[0])
         t1 = time.perf_counter()
         p = plan.plan(frame, i / FPS)
-        got = detector.detect_regions([frame], [p.regions])[0]
+        got = detector.detect_regions([frame], [p.regions], [p.min_faces])[0]
         plan.observe(got.boxes)
         t2 = time.perf_counter()
         guided.append(got)
@@ -151,6 +151,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=75)
     ap.add_argument("--full-every-s", type=float, default=1.0)
+    ap.add_argument("--clips", nargs="*", help="only these clips (default: all)")
     args = ap.parse_args()
     print(doctor.header())
     detector = MTCNN(device="cpu")
@@ -163,6 +164,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, frames in clips(args.frames).items():
+        if args.clips and name not in args.clips:
+            continue
         r = run(detector, frames, settings)
         recall = "-" if r["recall"] is None else f"{r['recall']:.3f}"
         first = r["first"]

@@ -16,6 +16,7 @@ Everything runs in torch on the chosen device (CPU or CUDA).
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 
 from stream.detections import Detections
 from stream.errors import FacestreamError, ModelMissingError
-from stream.guided import Box, merge
+from stream.guided import Box, merge_sized
 from stream.mtcnn_nets import WEIGHT_FILES, ONet, PNet, RNet, load_net
 from stream.nms import batched_nms
 from stream.pyramid import IntegralImages, area_resize, crop_resize, integral_images
@@ -174,36 +175,44 @@ class MTCNN:
             return self._detect(frames)
 
     def detect_regions(
-        self, frames: Sequence[np.ndarray], regions: Sequence[Sequence[Box] | None]
+        self,
+        frames: Sequence[np.ndarray],
+        regions: Sequence[Sequence[Box] | None],
+        min_faces: Sequence[Sequence[int] | None] | None = None,
     ) -> list[Detections]:
         """Faces in each frame, looking only inside its regions (x1, y1, x2, y2 pixel boxes; None: the
         whole frame; empty: nowhere), in frame coordinates. Overlapping regions are merged first. Every
         crop of every frame goes through the cascade in one batch (crops are frames of their own
         size); a face on two crops' common border is kept once (the cascade's final NMS, across the
-        frame's crops)."""
+        frame's crops). min_faces (optional, per region): the smallest face worth looking for there,
+        which leaves the finest pyramid levels out (a region around a face found a frame ago)."""
         frames = list(frames)
         if len(regions) != len(frames):
             raise FacestreamError(f"detect_regions: {len(regions)} region lists for {len(frames)} frames")
         inputs: list[np.ndarray] = []
+        skips: list[int] = []
         owner: list[tuple[int, int, int]] = []  # (frame index, x offset, y offset) of each input
         for i, (frame, where) in enumerate(zip(frames, regions, strict=True)):
             validate_frame(i, frame)
             if where is None:
                 inputs.append(frame)
+                skips.append(0)
                 owner.append((i, 0, 0))
                 continue
             h, w = frame.shape[:2]
+            sizes = (min_faces[i] if min_faces is not None else None) or [self.min_face_size] * len(where)
             # Overlapping regions become one: a face cut by a crop's edge would score as well as the
             # whole face in the next crop, and could win.
-            for x1, y1, x2, y2 in merge(list(where)):
+            for (x1, y1, x2, y2), min_face in merge_sized(list(zip(where, sizes, strict=True))):
                 x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
                 if x2 - x1 >= 12 and y2 - y1 >= 12:  # smaller holds no P-Net window
                     inputs.append(np.ascontiguousarray(frame[y1:y2, x1:x2]))
+                    skips.append(self._levels_below(min_face))
                     owner.append((i, x1, y1))
         if not inputs:
             return [Detections.empty() for _ in frames]
         with self._lock, torch.inference_mode():
-            found = self._detect(inputs)
+            found = self._detect(inputs, skips)
         parts: list[list[Detections]] = [[] for _ in frames]
         for (i, dx, dy), d in zip(owner, found, strict=True):
             if len(d):
@@ -211,12 +220,23 @@ class MTCNN:
                 parts[i].append(Detections(d.boxes + np.tile(shift, 2), d.scores, d.landmarks + shift))
         return [_one_per_face(p) for p in parts]
 
+    def _levels_below(self, min_face: int) -> int:
+        """Pyramid levels that only find faces smaller than min_face (level k finds faces from
+        min_face_size / factor**k pixels)."""
+        if min_face <= self.min_face_size:
+            return 0
+        return int(math.log(min_face / self.min_face_size) / math.log(1 / self.factor))
+
     # -- pipeline --------------------------------------------------------------------------------
-    def _detect(self, frames: list[np.ndarray]) -> list[Detections]:
+    def _detect(self, frames: list[np.ndarray], skips: list[int] | None = None) -> list[Detections]:
+        """skips[i]: pyramid levels to leave out at the fine end for frame i (faces known to be larger
+        than the detector's minimum: each level is a scale of the full pyramid, so level numbers and
+        scales stay the same for every frame)."""
+        skip = skips or [0] * len(frames)
         # Frames sorted by size so that each size's integral tables are one contiguous block.
-        order = sorted(range(len(frames)), key=lambda i: (frames[i].shape[0], frames[i].shape[1]))
+        order = sorted(range(len(frames)), key=lambda i: (frames[i].shape[0], frames[i].shape[1], skip[i]))
         ii, self._buffer = integral_images([frames[i] for i in order], self.device, self._buffer)
-        boxes, scores, frame_ids = self._stage1(ii)
+        boxes, scores, frame_ids = self._stage1(ii, [skip[i] for i in order])
         boxes, frame_ids = self._stage2(ii, boxes, frame_ids)
         boxes, scores, points, frame_ids = self._stage3(ii, boxes, frame_ids)
 
@@ -231,17 +251,19 @@ class MTCNN:
                 out[orig] = Detections(boxes_np[sel], scores_np[sel], points_np[sel])
         return out
 
-    def _pnet_calls(self, ii: IntegralImages) -> Iterator[PNetCall]:
+    def _pnet_calls(self, ii: IntegralImages, skips: list[int]) -> Iterator[PNetCall]:
         """(first frame, frame count, level index, (scale, h, w), (row0, row1) of P-Net output rows)
         for every P-Net call: small levels batch all same-size frames, large ones go in strips."""
         budget = self._pnet_pixels
         k = 0
         while k < len(ii.shapes):
-            hw = ii.shapes[k]
+            hw, skip = ii.shapes[k], skips[k]
             count = 1
-            while k + count < len(ii.shapes) and ii.shapes[k + count] == hw:
+            while k + count < len(ii.shapes) and (ii.shapes[k + count], skips[k + count]) == (hw, skip):
                 count += 1
             for level, (scale, oh, ow) in enumerate(pyramid_scales(*hw, self.min_face_size, self.factor)):
+                if level < skip:
+                    continue
                 out_h = PNet.output_size(oh)
                 per_frame = max(1, budget // (oh * ow))
                 if per_frame > 1 or oh * ow <= budget:
@@ -254,7 +276,9 @@ class MTCNN:
                         yield f0, 1, level, (scale, oh, ow), (r0, min(out_h, r0 + rows))
             k += count
 
-    def _stage1(self, ii: IntegralImages) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _stage1(
+        self, ii: IntegralImages, skips: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """P-Net over the pyramid of every frame; NMS per frame and level (IoU 0.5), then per frame
         (IoU 0.7); box regression; squaring. Returns boxes (K, 4), scores (K,), frame ids (K,)."""
         dev = self.device
@@ -262,7 +286,7 @@ class MTCNN:
         found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         calls: list[tuple[int, int, int, int]] = []  # (positions found, first frame, row0, level)
         scales: dict[int, float] = {}
-        for f0, count, lvl, (s, oh, ow), (r0, r1) in self._pnet_calls(ii):
+        for f0, count, lvl, (s, oh, ow), (r0, r1) in self._pnet_calls(ii, skips):
             in_rows = (2 * r0, min(2 * r1 + 10, oh))  # P-Net: 12-pixel window, stride 2
             feat = self.pnet.trunk(area_resize(ii.frames(f0, count), oh, ow, in_rows).permute(0, 3, 1, 2))
             prob = self.pnet.face_prob(feat)

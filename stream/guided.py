@@ -30,6 +30,7 @@ class GuidedSettings:
     margin: float = 0.5  # each region grows by this share of its size on every side
     min_face_size: int = 20  # the detector's: a region is never smaller than a face with its margin
     max_area: float = 0.6  # regions covering more than this share of the frame: run the whole frame
+    face_shrink: float = 0.6  # around a known face, look for faces down to this share of its size
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Plan:
 
     regions: list[Box] | None
     reason: str  # "first", "periodic", "cut", "guided", "still"
+    min_faces: list[int] | None = None  # per region: the smallest face worth looking for there
 
     @property
     def full(self) -> bool:
@@ -68,13 +70,19 @@ class DetectionPlan:
         changed = cv2.absdiff(small, previous) > s.motion_threshold
         if changed.mean() >= s.cut_fraction:
             return self._full(t, "cut")
-        regions = [*_motion_boxes(changed, w / small.shape[1], h / small.shape[0]), *self._faces]
-        if not regions:
+        # Where something moved, any face may have appeared: look for the smallest. Around a face found
+        # last time, look for that face: it cannot have shrunk much in a frame (and the whole frame
+        # comes back every full_every_s for anything else).
+        moved = [(b, s.min_face_size) for b in _motion_boxes(changed, w / small.shape[1], h / small.shape[0])]
+        faces = [
+            (b, max(s.min_face_size, int(s.face_shrink * min(b[2] - b[0], b[3] - b[1])))) for b in self._faces
+        ]
+        if not moved and not faces:
             return Plan([], "still")
-        grown = merge([_grow(b, s.margin, 2 * s.min_face_size, w, h) for b in regions])
-        if sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in grown) > s.max_area * w * h:
+        grown = merge_sized([(_grow(b, s.margin, 2 * s.min_face_size, w, h), f) for b, f in moved + faces])
+        if sum((x2 - x1) * (y2 - y1) for (x1, y1, x2, y2), _ in grown) > s.max_area * w * h:
             return self._full(t, "periodic")
-        return Plan(grown, "guided")
+        return Plan([b for b, _ in grown], "guided", [f for _, f in grown])
 
     def observe(self, boxes: np.ndarray) -> None:
         """The faces found in the frame just planned (N x 4 float boxes): looked at again next time."""
@@ -121,15 +129,21 @@ def _grow(b: Box, margin: float, min_side: int, w: int, h: int) -> Box:
 def merge(boxes: list[Box]) -> list[Box]:
     """Overlapping boxes replaced by their bounding box, until none overlap (a face on the border of
     two regions is then inside one of them)."""
-    out = list(boxes)
+    return [b for b, _ in merge_sized([(b, 0) for b in boxes])]
+
+
+def merge_sized(regions: list[tuple[Box, int]]) -> list[tuple[Box, int]]:
+    """merge() for (box, smallest face size to look for): a merged box looks for the smallest."""
+    out = list(regions)
     merged = True
     while merged:
         merged = False
         for i in range(len(out)):
             for j in range(i + 1, len(out)):
-                a, b = out[i], out[j]
+                (a, fa), (b, fb) = out[i], out[j]
                 if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
-                    out[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    box = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    out[i] = (box, min(fa, fb))
                     del out[j]
                     merged = True
                     break

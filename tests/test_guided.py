@@ -89,3 +89,17 @@ def test_regions_find_what_the_whole_frame_finds(shared_data, mtcnn_weights_dir)
         assert np.abs(guided.boxes[k] - box).max() < 0.05 * (box[2] - box[0]) + 2, (guided.boxes[k], box)
         assert np.abs(guided.landmarks[k] - points).max() < 0.05 * (box[2] - box[0]) + 2
     assert all(0 <= b[0] and b[2] <= w + 1 for b in guided.boxes)
+    # Around known faces, only the scales that fit them: the same faces, found with less work.
+    sides = [int(0.6 * min(b[2] - b[0], b[3] - b[1])) for b in whole.boxes]
+    (sized,) = detector.detect_regions([rgb], [regions], [sides])
+    assert len(sized) == len(whole)
+    for box in whole.boxes:
+        assert np.abs(sized.boxes - box).sum(1).min() < 0.2 * (box[2] - box[0]), box
+
+
+def test_levels_left_out_only_find_smaller_faces(mtcnn_weights_dir):
+    detector = MTCNN(mtcnn_weights_dir, device="cpu", min_face_size=20)
+    assert detector._levels_below(20) == detector._levels_below(10) == 0
+    k = detector._levels_below(100)
+    # Level k finds faces from 20 / 0.709**k pixels: still <= 100, and level k+1 would miss 100.
+    assert 20 / 0.709**k <= 100 < 20 / 0.709 ** (k + 1)

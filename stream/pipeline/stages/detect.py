@@ -143,7 +143,9 @@ def process(
                 plans = [guide.plan(msg.cam, msg.frame, _time(msg)) for _, msg in frames]  # type: ignore[arg-type]
                 for (_, msg), p in zip(frames, plans, strict=True):
                     m.detect_plans_total.labels(msg.cam, p.reason).inc()
-                found = detector.detect_regions(images, [p.regions for p in plans])
+                found = detector.detect_regions(
+                    images, [p.regions for p in plans], [p.min_faces for p in plans]
+                )
         except Exception as e:  # noqa: BLE001 - bad input must not kill the stage
             log.warning("detect failed on a batch of %d frames: %s", len(frames), e)
             found = [None] * len(frames)
