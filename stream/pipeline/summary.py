@@ -31,6 +31,8 @@ SECONDS_TO_MS = 1000.0
 # Drop reasons of messages that were never one of the camera's frames (a forged ring reference): they
 # are reported, but are not in the camera's books.
 NOT_FRAMES = frozenset({"forged_ref"})
+# Reasons the supervisor books (settle) for frames that were sent and then lost.
+BOOKED_AFTER_SENDING = frozenset({"crashed", "shutdown", "lost"})
 
 
 @dataclass
@@ -113,7 +115,13 @@ class Books:
 
     @property
     def dropped_by_capture(self) -> int:
-        return sum(v for k, v in self.dropped.items() if k.startswith(f"{Role.CAPTURE}/"))
+        """Frames read but never sent (late, busy). Not "capture/crashed": those were sent (booked by
+        the supervisor against the capture that died with them in its queue)."""
+        return sum(
+            v
+            for k, v in self.dropped.items()
+            if k.startswith(f"{Role.CAPTURE}/") and k.split("/", 1)[1] not in BOOKED_AFTER_SENDING
+        )
 
     @property
     def read(self) -> int:

@@ -176,6 +176,13 @@ def test_summary_books_balance_and_read_as_text():
     kept = books(samples, ["cam0"])["cam0"]
     # 103 read = 100 sent + 3 dropped by capture; 100 sent = 90 out + 6 stale + 4 unaccounted.
     assert (kept.read, kept.sent, kept.out, kept.unaccounted) == (103, 100, 90, 4)
+    # Booked as lost with a capture that died: sent, so still not "read but not sent".
+    samples.counters["facestream_frames_dropped_total"].append(
+        ({"stage": "capture", "camera": "cam0", "reason": "crashed"}, 4.0)
+    )
+    kept = books(samples, ["cam0"])["cam0"]
+    assert (kept.read, kept.unaccounted) == (103, 0)
+    samples.counters["facestream_frames_dropped_total"].pop()
     d = summarize(samples, ["cam0"], span_s=9.0)
     assert d["frames"] == {"cam0": 90} and d["fps"] == 10.0 and d["unaccounted"] == {"cam0": 4}
     assert d["e2e_ms"]["p50"] == pytest.approx(50.0)
