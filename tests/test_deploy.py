@@ -8,6 +8,8 @@ promtool from Debian's `prometheus`, the others from the `deploy` extra (.ci/run
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -63,11 +65,21 @@ def exported_metric_names() -> set[str]:
     return names
 
 
-PROMQL_NAME = re.compile(r"\b(facestream_[a-z_]+)\b")
+PROMQL_NAME = re.compile(r"\b(facestream_[a-z0-9_]+)\b")
 
 
 def promql_names(expr: str) -> set[str]:
     return set(PROMQL_NAME.findall(expr))
+
+
+def test_promql_names_finds_every_metric_in_an_expression() -> None:
+    expr = (
+        'histogram_quantile(0.95, sum by (le) (rate(facestream_e2e_latency_seconds_bucket{camera="a"}[1m])))'
+    )
+    assert promql_names(expr + " / facestream_camera_up") == {
+        "facestream_e2e_latency_seconds_bucket",
+        "facestream_camera_up",
+    }
 
 
 def test_metric_names_are_what_prometheus_scrapes() -> None:
@@ -231,3 +243,193 @@ def test_gpu_overlay_puts_detect_and_embed_on_gpus() -> None:
         assert ("nvidia.com/gpu.present" in pod.get("nodeSelector", {})) == gpu
         assert c["image"].endswith("-gpu") == gpu
         assert "memory" in c["resources"]["limits"]  # the patch added to the limits, kept the rest
+
+
+# --- Container images ------------------------------------------------------------------------
+
+DOCKER = DEPLOY / "docker"
+DOCKERFILES = sorted(p for p in DEPLOY.rglob("Dockerfile*") if not p.name.endswith(".dockerignore"))
+
+
+def test_there_are_a_cpu_and_a_gpu_image() -> None:
+    assert {p.name for p in DOCKERFILES} == {"Dockerfile", "Dockerfile.gpu"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_lints_clean(dockerfile: Path) -> None:
+    check(tool("hadolint"), str(dockerfile))
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_shape(dockerfile: Path) -> None:
+    """Multi-stage, the final stage runs as a non-root user, has a HEALTHCHECK on the metrics port
+    the configs use, and `facestream` (directly or through the GPU wrapper) as its entrypoint."""
+    ins = instructions(dockerfile)
+    froms = [i for i, (w, _) in enumerate(ins) if w == "FROM"]
+    assert len(froms) >= 2, "not multi-stage"
+    final = ins[froms[-1] :]
+    users = [a for w, a in final if w == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    (health,) = [a for w, a in final if w == "HEALTHCHECK"]
+    assert "127.0.0.1:9108/metrics" in health
+    (entry,) = [json.loads(a) for w, a in final if w == "ENTRYPOINT"]
+    if entry == ["facestream-gpu"]:
+        wrapper = (DOCKER / "gpu-entrypoint.sh").read_text()
+        assert 'exec facestream "$@"' in wrapper
+        subprocess.run(["sh", "-n", str(DOCKER / "gpu-entrypoint.sh")], check=True)
+    else:
+        assert entry == ["facestream"]
+    assert any(w == "COPY" and "--from=build" in a for w, a in final), "the final stage copies the build"
+    assert any(w == "RUN" and "facestream models pull" in a for w, a in ins), (
+        "models are built into the image"
+    )
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerignore_lets_in_what_copy_needs(dockerfile: Path) -> None:
+    """The context is the repository root with everything ignored but what the Dockerfile copies:
+    each COPY source must exist and be let in by a `!` line."""
+    ignore = (dockerfile.parent / f"{dockerfile.name}.dockerignore").read_text().splitlines()
+    allowed = [line[1:].rstrip("/") for line in ignore if line.startswith("!")]
+    assert "*" in ignore
+    for word, args in instructions(dockerfile):
+        if word != "COPY" or "--from=" in args:
+            continue
+        sources = [a for a in args.split() if not a.startswith("--")][:-1]
+        for src in sources:
+            assert (REPO / src).exists(), src
+            assert any(src == a or src.startswith(a + "/") for a in allowed), f"{src} is ignored"
+
+
+# --- Compose ---------------------------------------------------------------------------------
+
+COMPOSE = DEPLOY / "compose"
+
+
+def test_compose_file_matches_the_compose_spec(tmp_path: Path) -> None:
+    checker = tool("check-jsonschema")
+    compose = COMPOSE / "compose.yaml"
+    check(checker, "--builtin-schema", "vendor.compose-spec", str(compose))
+    # ... and the schema is really applied: a misspelt service key fails it.
+    doc = yaml.safe_load(compose.read_text())
+    doc["services"]["facestream"]["shm_sise"] = "1gb"
+    bad = tmp_path / "compose.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    p = subprocess.run(
+        [checker, "--builtin-schema", "vendor.compose-spec", str(bad)], capture_output=True, text=True
+    )
+    assert p.returncode != 0 and "shm_sise" in p.stdout + p.stderr
+
+
+def test_compose_pieces_fit_together() -> None:
+    """Every bind-mounted file exists; the pipeline config is valid and serves /metrics where
+    Prometheus scrapes and the image's HEALTHCHECK looks; the rules Prometheus loads are the
+    tested ones; Grafana's data source is the one the dashboard uses."""
+    from stream.pipeline import config
+
+    doc = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
+    services = doc["services"]
+    assert {"facestream", "prometheus", "grafana", "mosquitto"} <= set(services)
+    for name, svc in services.items():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if src.startswith("."):
+                assert (COMPOSE / src).exists(), f"{name}: {src} missing"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["facestream"]["volumes"]}
+    cfg = config.load(COMPOSE / mounts["/etc/facestream/facestream.yaml"])
+    assert cfg.metrics.port == 9108 and cfg.metrics.host == "0.0.0.0"
+    assert len(cfg.sources) == 1
+    prom = yaml.safe_load((COMPOSE / "prometheus.yml").read_text())
+    assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == [f"facestream:{cfg.metrics.port}"]
+    prom_mounts = {
+        v.split(":")[1]: (COMPOSE / v.split(":")[0]).resolve() for v in services["prometheus"]["volumes"]
+    }
+    for rule_file in prom["rule_files"]:
+        # promtool resolves rule_files against the config's folder, Prometheus too: /etc/prometheus.
+        in_container = os.path.normpath(f"/etc/prometheus/{rule_file}")
+        assert prom_mounts[in_container] == (PROMETHEUS / "facestream.rules.yml").resolve()
+    datasources = yaml.safe_load((COMPOSE / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    uids = {d["uid"] for d in datasources["datasources"]}
+    dashboard = json.loads((COMPOSE / "grafana/dashboards/facestream.json").read_text())
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] in uids, panel["title"]
+
+
+# --- Grafana dashboard -----------------------------------------------------------------------
+
+DASHBOARD = COMPOSE / "grafana" / "dashboards" / "facestream.json"
+
+
+def dashboard_queries() -> dict[str, str]:
+    """{panel title / refId: PromQL} with Grafana's variables replaced by what they stand for."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = {}
+    for panel in dashboard["panels"]:
+        assert panel["targets"], panel["title"]
+        for t in panel["targets"]:
+            expr = t["expr"].replace("$__rate_interval", "1m").replace('"$camera"', '".*"')
+            assert "$" not in expr, expr
+            queries[f"{panel['title']} / {t['refId']}"] = expr
+    return queries
+
+
+def test_dashboard_names_real_metrics_and_covers_the_issue() -> None:
+    known = exported_metric_names()
+    used: set[str] = set()
+    for title, expr in dashboard_queries().items():
+        names = promql_names(expr)
+        assert names, f"{title}: no facestream metric"
+        assert names <= known, f"{title}: {sorted(names - known)} not exported by stream/pipeline/metrics.py"
+        used |= names
+    # fps, drops by reason, e2e and per-stage latency from the histograms, restarts, camera up/down,
+    # faces named/unknown.
+    assert {
+        "facestream_frames_total",
+        "facestream_frames_dropped_total",
+        "facestream_e2e_latency_seconds_bucket",
+        "facestream_stage_seconds_bucket",
+        "facestream_worker_restarts_total",
+        "facestream_camera_up",
+        "facestream_matches_total",
+    } <= used
+    for q in ("0.5", "0.95", "0.99"):
+        assert any(
+            f"histogram_quantile({q}," in e and "e2e_latency" in e for e in dashboard_queries().values()
+        )
+
+
+def test_dashboard_promql_parses(tmp_path: Path) -> None:
+    """Every panel query through Prometheus' own parser (promtool, as recording rules)."""
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:q{i}", "expr": e}
+                    for i, e in enumerate(dashboard_queries().values())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    out = check(tool("promtool"), "check", "rules", str(path))
+    assert f"SUCCESS: {len(rules['groups'][0]['rules'])} rules found" in out, out
+    path.write_text(
+        yaml.safe_dump({"groups": [{"name": "bad", "rules": [{"record": "x:y", "expr": "rate(x[1m]"}]}]})
+    )
+    assert (
+        subprocess.run([tool("promtool"), "check", "rules", str(path)], capture_output=True).returncode != 0
+    )
