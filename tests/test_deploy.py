@@ -606,3 +606,320 @@ def _is_stage(proc_dir: Path, parent: int, role: str) -> bool:
         return False
     ppid = int(stat.rsplit(")", 1)[1].split()[1])
     return ppid == parent and b"stage" in cmd and role.encode() in cmd
+
+
+# --- The Kubernetes manifests, run: one network namespace per pod ------------------------------
+# What kubelet and kube-proxy would do, done by hand: each Deployment's pod gets its own network
+# namespace and address on a bridge, its /etc/hosts holds its hostAliases plus the cluster DNS names
+# of the Services, a proxy stands in for each Service's virtual address (a port goes to the pod that
+# declares its named targetPort, as the EndpointSlice controller resolves it), the init containers'
+# commands run first, then each container's args as `facestream` with the ConfigMap's file. Paths
+# the pods would mount (/etc/facestream, /run/facestream, /var/lib/facestream) live under tmp_path;
+# the one camera is the shared clip. Everything stays inside namespaces this test makes and deletes.
+
+SERVICE_PROXY = """
+import asyncio, sys
+
+async def pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+async def main(routes):
+    for listen_host, listen_port, host, port in routes:
+        async def handle(r, w, host=host, port=port):
+            try:
+                r2, w2 = await asyncio.open_connection(host, port)
+            except OSError:
+                w.close()
+                return
+            await asyncio.gather(pipe(r, w2), pipe(r2, w))
+        await asyncio.start_server(handle, listen_host, listen_port)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main([(a, int(b), c, int(d)) for a, b, c, d in (x.split(",") for x in sys.argv[1:])]))
+"""
+
+
+class PodNetwork:
+    """A switch namespace with a bridge (and the Services' addresses on it), and a namespace per pod."""
+
+    def __init__(self, tag: str):
+        self.tag = tag
+        self.switch = f"{tag}-sw"
+        self.namespaces: list[str] = []
+        self.add(self.switch)
+        self.ip(self.switch, "link", "add", "br0", "type", "bridge")
+        self.ip(self.switch, "link", "set", "br0", "up")
+        self.ip(self.switch, "addr", "add", "10.77.0.1/24", "dev", "br0")
+
+    @staticmethod
+    def ip(ns: str, *args: str) -> None:
+        subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, timeout=30)
+
+    def add(self, ns: str) -> None:
+        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=30)
+        self.namespaces.append(ns)
+        self.ip(ns, "link", "set", "lo", "up")
+
+    def pod(self, index: int) -> tuple[str, str]:
+        ns, address = f"{self.tag}-p{index}", f"10.77.0.{10 + index}"
+        self.add(ns)
+        self.ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"p{index}", "netns", self.switch)
+        self.ip(self.switch, "link", "set", f"p{index}", "master", "br0", "up")
+        self.ip(ns, "addr", "add", f"{address}/24", "dev", "eth0")
+        self.ip(ns, "link", "set", "eth0", "up")
+        return ns, address
+
+    def service_address(self, index: int) -> str:
+        address = f"10.77.0.{200 + index}"
+        self.ip(self.switch, "addr", "add", f"{address}/24", "dev", "br0")
+        return address
+
+    def close(self) -> None:
+        for ns in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def in_netns(ns: str, hosts: Path, argv: list[str]) -> list[str]:
+    """argv run in `ns` with `hosts` as its /etc/hosts (a bind mount inside ip's private mount
+    namespace: the machine's own /etc/hosts is untouched)."""
+    return [
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "sh",
+        "-c",
+        'mount --bind "$0" /etc/hosts && exec "$@"',
+        str(hosts),
+        *argv,
+    ]
+
+
+def http_status(ns: str, url: str) -> int:
+    """What a kubelet's httpGet probe sees, asked from the switch namespace."""
+    code = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).status)"
+    p = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code, url], capture_output=True, text=True
+    )
+    return int(p.stdout) if p.returncode == 0 else 0
+
+
+def scrape_sum(ns: str, url: str, name: str, **labels: str) -> float:
+    code = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
+    p = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code, url], capture_output=True, text=True
+    )
+    total = 0.0
+    for m in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", p.stdout, re.M):
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+@pytest.fixture
+def live_clip(shared_data: Path, tmp_path: Path) -> Path:
+    """The shared clip at 640x360, forwards and back to 3000 frames at 25 fps (2 minutes paced)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(shared_data / CLIP))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.resize(frame, (640, 360), interpolation=cv2.INTER_AREA))
+    cycle = frames + frames[-2:0:-1]
+    path = tmp_path / "camera.mp4"
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (640, 360))
+    for i in range(3000):
+        out.write(cycle[i % len(cycle)])
+    out.release()
+    return path
+
+
+def test_k8s_pods_run_the_pipeline_and_survive_a_pod_restart(
+    live_clip: Path, models_home: Path, tmp_path: Path
+) -> None:
+    """The rendered base, run as pods: frames from the camera reach the sink's results through the
+    Services (ZeroMQ + CURVE with the init container's key layout, each role bound on its own
+    Service name through hostAliases 0.0.0.0), every pod's probe endpoint answers on its pod
+    address, and when detect-0's container is killed and started again, detect-1 carries the
+    frames meanwhile and detect-0 gets frames again once it is back, without touching its peers."""
+    import signal
+
+    from waiting import wait_until
+
+    if shutil.which("ip") is None:
+        missing("iproute2's ip not installed")
+    docs = rendered(K8S / "base")
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    services = [d for d in docs if d["kind"] == "Service"]
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
+
+    try:
+        net = PodNetwork(f"fs{os.getpid() % 100000}")
+    except subprocess.CalledProcessError as e:
+        missing(f"cannot make network namespaces here: {e.stderr.decode().strip()}")
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        keys = tmp_path / "keys"
+        check(sys.executable, "-m", "stream", "keys", "generate", str(keys))
+        secret = (
+            tmp_path / "secret"
+        )  # the Secret facestream-curve: the four files `kubectl create secret` takes
+        secret.mkdir()
+        for name in ("server.key", "server.key_secret", "client.key", "client.key_secret"):
+            shutil.copy(keys / name, secret / name)
+        var = tmp_path / "var"
+        (var / "gallery").mkdir(parents=True)
+        (var / "out").mkdir()
+
+        pods: dict[str, dict] = {}
+        for i, (name, d) in enumerate(sorted(deployments.items())):
+            ns, address = net.pod(i)
+            root = tmp_path / "pods" / name
+            (root / "etc").mkdir(parents=True)
+            (root / "run" / "curve").mkdir(parents=True)
+
+            def local(text: str, root: Path = root) -> str:
+                return (
+                    text.replace("/etc/facestream", str(root / "etc"))
+                    .replace("/run/facestream/curve-secret", str(secret))
+                    .replace("/run/facestream", str(root / "run"))
+                    .replace("/var/lib/facestream", str(var))
+                )
+
+            cfg = yaml.safe_load(configmap["data"]["facestream.yaml"])
+            cfg["sources"] = [{"url": str(live_clip), "name": "door", "open_timeout_s": "forever"}]
+            cfg["capture"]["realtime"] = True
+            (root / "etc" / "facestream.yaml").write_text(local(yaml.safe_dump(cfg)))
+            pods[name] = {
+                "ns": ns,
+                "address": address,
+                "root": root,
+                "spec": d["spec"]["template"],
+                "local": local,
+            }
+
+        # The Services: DNS names -> their addresses; each port -> the pod that declares its targetPort.
+        routes, dns = [], {}
+        for j, svc in enumerate(services):
+            address = net.service_address(j)
+            dns[svc["metadata"]["name"]] = address
+            selector = svc["spec"]["selector"]
+            for sp in svc["spec"]["ports"]:
+                ends = [
+                    (p["address"], cp["containerPort"])
+                    for p in pods.values()
+                    if selector.items() <= p["spec"]["metadata"]["labels"].items()
+                    for c in p["spec"]["spec"]["containers"]
+                    for cp in c.get("ports", [])
+                    if cp["name"] == sp["targetPort"]
+                ]
+                assert len(ends) == 1, (svc["metadata"]["name"], sp)
+                routes.append(f"{address},{sp['port']},{ends[0][0]},{ends[0][1]}")
+        proxy = subprocess.Popen(
+            ["ip", "netns", "exec", net.switch, sys.executable, "-c", SERVICE_PROXY, *routes],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs["service-proxy"] = proxy
+        assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+
+        env = {**os.environ, "FACESTREAM_HOME": str(models_home), "PYTHONUNBUFFERED": "1"}
+        commands: dict[str, list[str]] = {}
+        for name, p in pods.items():
+            spec, local = p["spec"]["spec"], p["local"]
+            aliases = {h: a["ip"] for a in spec.get("hostAliases", []) for h in a["hostnames"]}
+            hosts = p["root"] / "hosts"
+            hosts.write_text(
+                "127.0.0.1 localhost\n" + "".join(f"{aliases.get(n, a)} {n}\n" for n, a in dns.items())
+            )
+            for init in spec.get("initContainers", []):
+                argv = [local(a) for a in init["command"]]
+                argv[0] = sys.executable if argv[0] == "python" else argv[0]
+                subprocess.run(argv, check=True, env=env, timeout=120, capture_output=True)
+            (c,) = spec["containers"]
+            commands[name] = in_netns(
+                p["ns"], hosts, [sys.executable, "-m", "stream", *map(local, c["args"])]
+            )
+
+        def start(name: str) -> None:
+            log = open(pods[name]["root"] / "log.txt", "a")
+            procs[name] = subprocess.Popen(commands[name], stdout=log, stderr=log, env=env)
+
+        for name in commands:
+            start(name)
+
+        def metrics(name: str) -> str:
+            return f"http://{pods[name]['address']}:9108/metrics"
+
+        def alive() -> None:
+            for name, proc in procs.items():
+                log = pods[name]["root"] / "log.txt" if name in pods else None
+                assert proc.poll() is None, f"{name} exited: {log.read_text()[-3000:] if log else ''}"
+
+        results = var / "out" / "results.jsonl"
+
+        def written() -> int:
+            alive()
+            return len(results.read_text().splitlines()) if results.exists() else 0
+
+        wait_until(lambda: written() >= 20, 300, "results through every pod")
+        for name in pods:  # the readiness/liveness probes' request, from outside the pod
+            assert http_status(net.switch, metrics(name)) == 200, name
+        lines = [json.loads(line) for line in results.read_text().splitlines()]
+        assert {r["camera"] for r in lines} == {"door"}
+        assert any(r["faces"] for r in lines), "no faces in the results"
+
+        # A pod restart: detect-0's container dies; detect-1 carries the frames meanwhile.
+        procs["facestream-detect-0"].send_signal(signal.SIGKILL)
+        procs["facestream-detect-0"].wait(30)
+        del procs["facestream-detect-0"]
+        d1 = scrape_sum(net.switch, metrics("facestream-detect-1"), "facestream_frames_total", stage="detect")
+        n = written()
+        wait_until(
+            lambda: (
+                scrape_sum(
+                    net.switch, metrics("facestream-detect-1"), "facestream_frames_total", stage="detect"
+                )
+                > d1 + 10
+                and written() > n + 10
+            ),
+            120,
+            "frames through detect-1 while detect-0 is down",
+        )
+        start("facestream-detect-0")  # kubelet restarts the container, in the same pod
+        wait_until(
+            lambda: (
+                alive()
+                or scrape_sum(
+                    net.switch, metrics("facestream-detect-0"), "facestream_frames_total", stage="detect"
+                )
+                > 5
+            ),
+            300,
+            "frames through the restarted detect-0",
+        )
+        n = written()
+        wait_until(lambda: written() > n + 10, 120, "results after the restart")
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        net.close()
