@@ -875,7 +875,7 @@ def test_k8s_pods_run_the_pipeline_and_survive_a_pod_restart(
             alive()
             return len(results.read_text().splitlines()) if results.exists() else 0
 
-        wait_until(lambda: written() >= 20, 300, "results through every pod")
+        wait_until(lambda: written() >= 10, 300, "results through every pod")
         for name in pods:  # the readiness/liveness probes' request, from outside the pod
             assert http_status(net.switch, metrics(name)) == 200, name
         lines = [json.loads(line) for line in results.read_text().splitlines()]
@@ -893,8 +893,8 @@ def test_k8s_pods_run_the_pipeline_and_survive_a_pod_restart(
                 scrape_sum(
                     net.switch, metrics("facestream-detect-1"), "facestream_frames_total", stage="detect"
                 )
-                > d1 + 10
-                and written() > n + 10
+                > d1 + 5
+                and written() > n + 5
             ),
             120,
             "frames through detect-1 while detect-0 is down",
@@ -906,13 +906,13 @@ def test_k8s_pods_run_the_pipeline_and_survive_a_pod_restart(
                 or scrape_sum(
                     net.switch, metrics("facestream-detect-0"), "facestream_frames_total", stage="detect"
                 )
-                > 5
+                >= 3
             ),
             300,
             "frames through the restarted detect-0",
         )
         n = written()
-        wait_until(lambda: written() > n + 10, 120, "results after the restart")
+        wait_until(lambda: written() > n + 5, 120, "results after the restart")
     finally:
         for proc in procs.values():
             if proc.poll() is None:
