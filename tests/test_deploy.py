@@ -100,7 +100,7 @@ def test_metric_names_are_what_prometheus_scrapes() -> None:
 def test_prometheus_configs_and_rules() -> None:
     promtool = tool("promtool")
     out = check(promtool, "check", "config", str(DEPLOY / "prometheus.yml"))
-    assert "1 rule files found" in out and "7 rules found" in out, out
+    assert "1 rule files found" in out and "8 rules found" in out, out
     check(promtool, "check", "config", str(DEPLOY / "compose" / "prometheus.yml"))
     check(promtool, "check", "rules", str(PROMETHEUS / "facestream.rules.yml"))
 
@@ -486,7 +486,7 @@ def fast_clip(shared_data: Path, tmp_path: Path) -> Path:
 
 def test_prometheus_scrapes_a_running_pipeline(fast_clip: Path, models_home: Path, tmp_path: Path) -> None:
     """Debian's Prometheus (started here on 127.0.0.1) scrapes `facestream run` on the shared clip,
-    loads the alert rules, answers a histogram_quantile of end-to-end latency, and every dashboard
+    loads the alert rules (healthy), answers a histogram_quantile of end-to-end latency, and every dashboard
     query returns data (but the two that cannot on this run, see EMPTY_HERE). A detect worker is
     killed midway so that the restarts panel has a series."""
     import signal
@@ -585,7 +585,7 @@ def test_prometheus_scrapes_a_running_pipeline(fast_clip: Path, models_home: Pat
         assert empty == set(EMPTY_HERE), f"empty: {sorted(empty)}, expected only {sorted(EMPTY_HERE)}"
         groups = get_json(f"{api}/rules")["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        assert len(rules) == 7 and all(r["health"] == "ok" for r in rules), rules
+        assert len(rules) == 8 and all(r["health"] == "ok" for r in rules), rules
     finally:
         for proc in (pipeline, prom):
             if proc.poll() is None:
