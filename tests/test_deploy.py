@@ -2,6 +2,8 @@
 Dockerfile), kubernetes-validate --strict (every Kubernetes manifest, as written and as kustomize
 renders each overlay), check-jsonschema (the compose file against the compose spec), and the Grafana
 dashboard's and alert rules' PromQL against the metric names stream/pipeline/metrics.py defines.
+Then the real thing: Debian's Prometheus scraping a running pipeline (every dashboard query answers),
+and the rendered Kubernetes base run with a network namespace per pod (frames flow, a pod restarts).
 
 A missing tool skips its test with the reason; under CI=true it fails (conftest.missing). The tools:
 promtool from Debian's `prometheus`, the others from the `deploy` extra (.ci/run installs both)."""
