@@ -446,7 +446,9 @@ def fmt(v: float | None) -> str:
 def print_tables(r: dict[str, Any], every: int) -> None:
     stages = [k for k in r["rss_per_minute"][0] if k != "minute"]
     print(f"\nRSS MiB per stage (mean over each minute's samples), every {every} min:\n")
-    print("| minute | " + " | ".join(stages) + " |")
+    cams = ["loop", "rtsp"]  # capture-<i> reads source i (the config's order)
+    names = [f"{s} ({cams[int(s[-1])]})" if s.startswith("capture-") else s for s in stages]
+    print("| minute | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(stages))
     for row in r["rss_per_minute"]:
         if row["minute"] == 1 or row["minute"] % every == 0 or row is r["rss_per_minute"][-1]:
@@ -454,8 +456,24 @@ def print_tables(r: dict[str, Any], every: int) -> None:
     if r["rss_growth_after_warmup"]:
         g = ", ".join(f"{k} {v * 100:+.1f}%" for k, v in r["rss_growth_after_warmup"].items())
         print(f"\nRSS growth from minute {WARMUP_MIN + 1} to the end: {g}")
-    cams = ["loop", "rtsp"]
-    print(f"\nPer minute (every {every}th shown; latency = end-to-end, capture to match, from /metrics):\n")
+    parts = [p for p in r.get("rss_parts_samples", []) if p["t"] < r["minutes"] * 60]
+    if parts:
+        at = {"start": parts[0], "end": parts[-1]}
+        warm = [p for p in parts if p["t"] >= WARMUP_MIN * 60]
+        if warm:
+            at = {f"minute {WARMUP_MIN}": warm[0], "end": parts[-1]}
+        print(
+            "\nRSS parts, MiB (anon: heap and arenas; shmem: frame-ring pages touched; file: libraries, models):\n"
+        )
+        print("| stage | " + " | ".join(f"anon / shmem / file at {k}" for k in at) + " |")
+        print("|---|" + "---|" * len(at))
+        for stage in sorted(k for k in parts[-1] if k != "t"):
+            cells = []
+            for p in at.values():
+                mem = p.get(stage, {})
+                cells.append(" / ".join(fmt(mem.get(k)) for k in ("RssAnon", "RssShmem", "RssFile")))
+            print(f"| {stage} | " + " | ".join(cells) + " |")
+    print(f"\nPer minute (every {every} min shown; latency = end-to-end, capture to match, from /metrics):\n")
     print(
         "| minute | "
         + " | ".join(f"{c} p50 / p95 ms | {c} frames out" for c in cams)
@@ -495,7 +513,12 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=18554, help="RTSP ports PORT, PORT+1; /metrics PORT+10")
     ap.add_argument("--every", type=int, default=None, help="table rows every N minutes (default 5, or 1)")
     ap.add_argument("--json", type=Path, default=None, help="write everything measured here")
+    ap.add_argument("--report", type=Path, default=None, help="print the tables of a saved --json and exit")
     args = ap.parse_args()
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        print_tables(saved, args.every or (5 if saved["minutes"] >= 20 else 1))
+        return 0
     print(doctor.header())  # the machine the figures below were measured on
     if not CLIP.is_file():
         print(f"soak: {CLIP}: shared clip not found", file=sys.stderr)
