@@ -210,6 +210,8 @@ class Live:
         self._camera(cam).add(time.monotonic(), lat, skipped)
 
     def _on_event(self, event: dict[str, Any]) -> None:
+        # Track events carry the video's own clock (pts) for files: the page shows when it heard them.
+        event.setdefault("received", time.time())
         kind = str(event.get("type", ""))
         if kind in ("camera_down", "source_failed"):
             self._camera(str(event["camera"])).up = False

@@ -169,7 +169,7 @@ function faceCrop(event) {
 
 function onEvent(ev) {
   const e = JSON.parse(ev.data);
-  const when = new Date(1000 * (e.time || e.last_seen || e.first_seen || Date.now() / 1000));
+  const when = new Date(1000 * (e.time || e.received || Date.now() / 1000));
   const li = el("li", {}, faceCrop(e), el("span", {className: "muted", textContent: when.toLocaleTimeString()}),
     el("span", {textContent: e.camera}), el("span", {textContent: e.type}),
     el("span", {className: e.name ? "known" : "", textContent: e.name || (e.reason || e.error || "")}));
