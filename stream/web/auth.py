@@ -31,11 +31,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def resolve_token(configured: str | None, keep_in: Path | None = None) -> tuple[str, bool]:
+def resolve_token(
+    configured: str | None, keep_in: Path | None = None, where: str = "dashboard.token"
+) -> tuple[str, bool]:
     """(token, generated now). A generated token is kept in `keep_in` (if given) for restarts."""
     if configured:
         if len(configured) < 16:
-            raise FacestreamError("dashboard.token: use at least 16 characters")
+            raise FacestreamError(f"{where}: use at least 16 characters")
         return configured, False
     path = keep_in / TOKEN_FILE if keep_in is not None else None
     if path is not None and path.is_file():

@@ -34,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model = args.model or DEFAULT_EMBEDDER
     get_spec(model)
     host, port = parse_listen(args.listen)
-    token, generated = resolve_token(os.environ.get("FACESTREAM_TOKEN"))
+    token, generated = resolve_token(os.environ.get("FACESTREAM_TOKEN"), where="$FACESTREAM_TOKEN")
     announce_token(token, generated, host, port)
     settings = Settings(
         host=host,

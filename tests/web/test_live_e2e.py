@@ -239,3 +239,34 @@ def test_the_page_in_chromium(run: Run, browser: Any, shared_data: Path, tmp_pat
     shot = os.environ.get("FACESTREAM_SCREENSHOT")  # docs/dashboard.png is made this way
     page.screenshot(path=shot or str(tmp_path / "dashboard.png"), full_page=True)
     page.close()
+
+
+def children(pid: int) -> dict[int, str]:
+    """pid -> command line of the processes whose parent is `pid`."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def test_a_killed_dashboard_is_restarted(run: Run) -> None:
+    dash = [p for p, cmd in children(run.proc.pid).items() if "stage dashboard" in cmd]
+    assert len(dash) == 1
+    os.kill(dash[0], signal.SIGKILL)
+
+    def back() -> bool:
+        assert run.proc.poll() is None, "the run ended"
+        try:
+            return httpx.get(run.url("/readyz"), timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(lambda: dash[0] not in children(run.proc.pid), 30, "the killed dashboard to be reaped")
+    wait_until(back, 120, "the supervisor to restart the dashboard")
+    assert "stage dashboard-0 died (killed by signal 9): restarting" in run.stderr()
+    r = httpx.get(run.url("/api/people"))
+    assert r.status_code == 200 and {p["name"] for p in r.json()["people"]} >= {"obama"}
