@@ -59,14 +59,17 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """Ready to serve: the models are built, the gallery (if any) opens, and with a pipeline the
     results stream is connected. 503 with the reason otherwise."""
+    from stream.gallery.store import Gallery
     from stream.modelstore import require_model
 
     engine, live = _engine(request), _live(request)
     try:
         require_model("mtcnn", engine.home)
         require_model(engine.model, engine.home)
-        if engine.gallery is not None and engine.gallery.exists():
-            await engine.call(engine.people)
+        gallery = engine.gallery
+        if gallery is not None and gallery.exists():
+            # Not on the engine's thread: a probe must not wait behind a model call.
+            await asyncio.to_thread(lambda: Gallery.open(gallery).close())
     except Exception as e:  # noqa: BLE001 - any reason is a reason not to be ready
         return JSONResponse({"status": "not ready", "reason": " ".join(str(e).split())}, status_code=503)
     if live.results is not None and not live.connected:

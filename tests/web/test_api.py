@@ -154,3 +154,11 @@ def test_bad_uploads_are_refused_with_one_line(tmp_path: Path, analyzer, photos)
         # Declared bodies beyond the limit are refused before they are read.
         r = api.post("/api/identify", content=b"x" * 10, headers={"Content-Length": str(10**9)})
         assert r.status_code == 413
+
+
+def test_not_ready_with_an_unreadable_gallery(tmp_path: Path, analyzer) -> None:
+    (tmp_path / "g.db").write_bytes(b"this is not a gallery" * 100)
+    with client(tmp_path, analyzer) as api:
+        assert api.get("/healthz").status_code == 200  # alive, but
+        r = api.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "not ready" and "g.db" in r.json()["reason"]
