@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from stream import doctor, model_commands
     from stream.gallery import commands as gallery_commands
     from stream.pipeline import commands as pipeline_commands
+    from stream.web import commands as web_commands
 
     parser = argparse.ArgumentParser(
         prog="facestream", description="Real-time face recognition for video streams."
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.register(sub)
     gallery_commands.register(sub)
     pipeline_commands.register(sub)
+    web_commands.register(sub)
     return parser
 
 
@@ -39,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Long-running commands narrate at INFO; one-shot commands print only their answer (and warnings).
-    chatty = args.command in {"run", "stage", "models", "demo"}
+    chatty = args.command in {"run", "stage", "models", "demo", "serve"}
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO if chatty else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

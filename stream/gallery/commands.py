@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the modules themselves load inside the commands (see above)
 
     from stream.faces import Face, FaceAnalyzer
     from stream.gallery.enroll import Outcome
+    from stream.gallery.matcher import Match, Matcher
     from stream.gallery.store import Gallery
 
 
@@ -260,23 +261,10 @@ def cmd_identify(args: argparse.Namespace) -> int:
     model = args.model or _default_model()
     matcher = Matcher(args.gallery, model, threshold=args.threshold)  # gallery checks before models load
     frame = load_image(args.image)
-    faces = _analyzer(model).analyze([frame])[0]
-    matches = matcher.match(_stack([f.embedding for f in faces])) if faces else []
+    faces, matches = identify_faces(_analyzer(model), matcher, frame)
     matcher.close()
     if args.json:
-        _print_json(
-            {
-                "faces": [
-                    {
-                        "box": [round(float(v), 1) for v in f.box],
-                        "score": _num(f.score, 4),
-                        "name": m.name,
-                        "distance": _num(m.distance),
-                    }
-                    for f, m in zip(faces, matches, strict=True)
-                ]
-            }
-        )
+        _print_json(identify_json(faces, matches))
         return 0
     if not faces:
         print(f"{args.image}: no face found")
@@ -285,6 +273,29 @@ def cmd_identify(args: argparse.Namespace) -> int:
         dist = "no samples" if not math.isfinite(m.distance) else f"distance {m.distance:.3f}"
         print(f"[{box}]  {m.name or 'unknown'}  ({dist}, threshold {matcher.threshold:.3f})")
     return 0
+
+
+def identify_faces(
+    analyzer: FaceAnalyzer, matcher: Matcher, frame: np.ndarray
+) -> tuple[list[Face], list[Match]]:
+    """The faces in an RGB frame and their nearest gallery person (the CLI and the web API)."""
+    faces = analyzer.analyze([frame])[0]
+    return faces, matcher.match(_stack([f.embedding for f in faces])) if faces else []
+
+
+def identify_json(faces: list[Face], matches: list[Match]) -> dict[str, Any]:
+    """`identify --json`'s answer (and POST /api/identify's)."""
+    return {
+        "faces": [
+            {
+                "box": [round(float(v), 1) for v in f.box],
+                "score": _num(f.score, 4),
+                "name": m.name,
+                "distance": _num(m.distance),
+            }
+            for f, m in zip(faces, matches, strict=True)
+        ]
+    }
 
 
 def _stack(vectors: list[np.ndarray]) -> np.ndarray:
@@ -304,7 +315,7 @@ def _one_face(analyzer: FaceAnalyzer, frame: np.ndarray, path: Path, largest: bo
         return pick_face(faces, path, largest, force=True)
 
 
-def _threshold(model: str, explicit: float | None, gallery: Path | None) -> float:
+def threshold_for(model: str, explicit: float | None, gallery: Path | None) -> float:
     """Explicit, else the gallery's calibrated threshold for the model, else the model's default."""
     from stream.gallery.store import Gallery
     from stream.registry import get_spec
@@ -320,24 +331,36 @@ def _threshold(model: str, explicit: float | None, gallery: Path | None) -> floa
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from stream.embedder import distance
     from stream.imageio import load_image
 
     model = args.model or _default_model()
-    threshold = _threshold(model, args.threshold, args.gallery)
+    threshold = threshold_for(model, args.threshold, args.gallery)
     frames = [load_image(args.image1), load_image(args.image2)]  # bad files fail before models load
-    analyzer = _analyzer(model)
-    a = _one_face(analyzer, frames[0], args.image1, args.largest)
-    b = _one_face(analyzer, frames[1], args.image2, args.largest)
-    d = float(distance(a.embedding, b.embedding, analyzer.embedder.metric)[0])
-    same = d <= threshold
+    result = verify_json(_analyzer(model), frames, (args.image1, args.image2), threshold, args.largest)
     if args.json:
-        _print_json({"distance": _num(d), "threshold": _num(threshold), "same": same})
+        _print_json(result)
     else:
+        d, same = float(result["distance"]), bool(result["same"])
         print(
             f"{'same person' if same else 'different people'} (distance {d:.3f}, threshold {threshold:.3f})"
         )
     return 0
+
+
+def verify_json(
+    analyzer: FaceAnalyzer,
+    frames: list[np.ndarray],
+    paths: tuple[Path, Path],
+    threshold: float,
+    largest: bool,
+) -> dict[str, Any]:
+    """`verify --json`'s answer (and POST /api/verify's): one face per photo, their distance."""
+    from stream.embedder import distance
+
+    a = _one_face(analyzer, frames[0], paths[0], largest)
+    b = _one_face(analyzer, frames[1], paths[1], largest)
+    d = float(distance(a.embedding, b.embedding, analyzer.embedder.metric)[0])
+    return {"distance": _num(d), "threshold": _num(threshold), "same": d <= threshold}
 
 
 # ----- eval -----------------------------------------------------------------------------------

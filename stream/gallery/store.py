@@ -373,6 +373,15 @@ class Gallery:
                 crop_origin=tuple(json.loads(r[7])),
             )
 
+    def first_crop(self, name: str) -> bytes | None:
+        """The face crop (JPEG) of a person's first sample: their thumbnail."""
+        row = self.conn.execute(
+            """SELECT s.crop FROM samples s JOIN people p ON p.id = s.person_id WHERE p.name = ?
+               ORDER BY s.id LIMIT 1""",
+            (name,),
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
     def count_samples(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM samples").fetchone()[0])
 

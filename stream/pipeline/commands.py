@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--detect-workers", type=int)
     p.add_argument("--embed-workers", type=int)
     p.add_argument("--results", metavar="ENDPOINT", help="results PUB endpoint (e.g. tcp://127.0.0.1:5599)")
+    p.add_argument(
+        "--dashboard",
+        metavar="HOST:PORT",
+        help="serve the live page and REST API here (loopback unless you say otherwise; see README)",
+    )
     p.add_argument("--validate-config", action="store_true", help="check the config and flags, then exit")
     p.set_defaults(func=cmd_run)
 
@@ -107,6 +112,7 @@ def run_config(args: argparse.Namespace) -> PipelineConfig:
         "outputs.events": args.events and str(args.events),
         "outputs.summary": args.summary and str(args.summary),
         "outputs.results": args.results,
+        "dashboard.listen": args.dashboard,
         "metrics.port": args.metrics_port,
         "capture.realtime": args.realtime,
         "detect.workers": args.detect_workers,

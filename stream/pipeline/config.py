@@ -43,7 +43,7 @@ from pydantic import (
 )
 
 from stream.errors import FacestreamError
-from stream.pipeline.roles import CONTROL, PORT_OFFSETS, RESULTS, UPSTREAM, Role
+from stream.pipeline.roles import CONTROL, PORT_OFFSETS, PREVIEW, RESULTS, UPSTREAM, Role
 from stream.registry import DEFAULT_EMBEDDER
 
 _HOSTNAME = re.compile(
@@ -213,12 +213,27 @@ class TransportConfig(_Strict):
         return getattr(h, role, None) or self.host
 
 
+class MqttConfig(_Strict):
+    """MQTT events for door kiosks and Home Assistant (stream/pipeline/mqtt.py): events on
+    PREFIX/events/<camera>, the people each camera sees now retained on PREFIX/state/<camera>, and
+    Home Assistant discovery (one sensor per camera). A broker that is down never stalls the sink."""
+
+    host: str
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = Field("facestream", pattern=r"^[A-Za-z0-9_\-/]+$")
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False  # TLS with the system's CA certificates (port 8883 on most brokers)
+    discovery_prefix: str = "homeassistant"
+
+
 class OutputConfig(_Strict):
     out: Path | None = None  # JSONL, one line per processed frame
     record: Path | None = None  # annotated video
     events: Path | None = None  # JSONL of track and camera events
     summary: Path | None = None  # JSON: the run's books and latencies, written as the run ends
     results: str | None = None  # results PUB endpoint (tcp://HOST:PORT or ipc://PATH); default from transport
+    mqtt: MqttConfig | None = None
 
     @field_validator("results")
     @classmethod
@@ -243,6 +258,25 @@ class MetricsConfig(_Strict):
     host: str = "127.0.0.1"
 
 
+class DashboardConfig(_Strict):
+    """The web app (stream/web/): live page, REST API. Loopback unless `listen` says otherwise, and
+    then only with a token; every gallery change needs the token even on loopback (stream/web/auth.py)."""
+
+    listen: str = "127.0.0.1:8080"  # HOST:PORT
+    token: str | None = None  # None: generated and printed once (kept in the run directory)
+    preview_fps: float = Field(4.0, gt=0, le=30)  # live pictures per camera per second, while watched
+    preview_width: int = Field(640, ge=64, le=4096)  # the live pictures are downscaled to this width
+    max_upload_mb: float = Field(10.0, gt=0, le=100)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{v!r} is not HOST:PORT")
+        return v
+
+
 class SupervisorConfig(_Strict):
     max_restarts_per_minute: int = Field(3, ge=0)
     drain_timeout_s: float = Field(20.0, gt=0)
@@ -262,6 +296,7 @@ class PipelineConfig(_Strict):
     outputs: OutputConfig = Field(default_factory=OutputConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    dashboard: DashboardConfig | None = None  # `run --dashboard HOST:PORT`: the web app as one more child
 
     @model_validator(mode="after")
     def _names(self) -> PipelineConfig:
@@ -297,15 +332,16 @@ class PipelineConfig(_Strict):
 
     def endpoint(self, role: str, index: int = 0) -> str:
         """Where `role`'s worker `index` binds its output (its consumers connect there).
-        Roles: capture, detect, embed, match (-> sink), results (PUB), control (supervisor -> sink).
+        Roles: capture, detect, embed, match (-> sink), results (PUB), control (supervisor -> sink),
+        preview (sink -> dashboard, ipc like control: the dashboard runs beside the supervisor).
         tcp: on the role's host (transport.hosts, else transport.host). control is always ipc in the
         supervisor's run directory: supervisor and sink share a host, so it never needs a port."""
-        if role not in PORT_OFFSETS and role != CONTROL:
+        if role not in PORT_OFFSETS and role not in (CONTROL, PREVIEW):
             raise KeyError(role)
         if role == RESULTS and self.outputs.results:
             return self.outputs.results
         t = self.transport
-        if t.kind == "tcp" and role != CONTROL:
+        if t.kind == "tcp" and role not in (CONTROL, PREVIEW):
             host = t.host_of(role)
             if ":" in host:  # IPv6 literal
                 host = f"[{host}]"

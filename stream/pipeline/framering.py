@@ -450,6 +450,23 @@ class StagePixels:
         self._drop(msg, "overwritten")
         return False
 
+    def peek(self, msg: wire.FrameMessage) -> np.ndarray | None:
+        """A copy of the frame's pixels for a best-effort reader (the dashboard's preview), or None
+        when they cannot be had (no pixels, slot overwritten, not this camera's ring). Nothing is
+        counted: the frame itself went on, whatever happens to its preview."""
+        if msg.frame is not None:
+            return np.array(msg.frame)
+        ref = msg.ref
+        if ref is None or self.reader is None:
+            return None
+        try:
+            self._check_owner(msg.cam, ref.ring)
+            view = self.reader.view(ref.ring, ref.slot, msg.seq, ref.shape)
+            copy = None if view is None else np.array(view)
+            return copy if copy is not None and self.reader.valid(ref.ring, ref.slot, msg.seq) else None
+        except RingError:
+            return None
+
     def done(self, msg: wire.Message) -> None:
         """This role is through with the frame's slot (or with the camera: its end of stream). Only
         for references to the camera's own ring, within what was written (RingReader.done)."""

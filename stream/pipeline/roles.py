@@ -21,11 +21,13 @@ class Role(StrEnum):
     EMBED = "embed"
     MATCH = "match"
     SINK = "sink"
+    DASHBOARD = "dashboard"  # the web app (stream/web/), with `run --dashboard`: reads results only
 
 
 # Endpoints that are not a stage's main output.
 RESULTS = "results"  # match's PUB for dashboards (results only, no pixels)
 CONTROL = "control"  # supervisor -> sink notices (ipc in the run directory)
+PREVIEW = "preview"  # sink -> dashboard: downscaled JPEGs while someone watches (ipc in the run directory)
 
 # The module in stream/pipeline/stages/ that holds each role's Stage.
 MODULES: dict[Role, str] = {
@@ -34,6 +36,7 @@ MODULES: dict[Role, str] = {
     Role.EMBED: "embed",
     Role.MATCH: "match",
     Role.SINK: "sinks",
+    Role.DASHBOARD: "dashboard",
 }
 
 # tcp: each output endpoint's port is transport.base_port + offset + worker index.

@@ -160,6 +160,8 @@ class Supervisor:
         workers = [Child(Role.SINK, 0), Child(Role.MATCH, 0)]
         workers += [Child(Role.EMBED, i) for i in range(cfg.embed.workers)]
         workers += [Child(Role.DETECT, i) for i in range(cfg.detect.workers)]
+        if cfg.dashboard is not None:  # the web app: supervised like a stage (stages/dashboard.py)
+            workers.append(Child(Role.DASHBOARD, 0))
         self.children = workers
         for c in workers:
             self._spawn(c)

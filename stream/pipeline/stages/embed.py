@@ -40,7 +40,11 @@ class Embed(Stage):
         )
         w, h = self.embedder.crop_spec.size
         self.embedder.embed(np.zeros((8, h, w, 3), np.uint8))  # warm-up: first runs are slow (allocations)
-        self.keep_pixels = cfg.outputs.record is not None  # only the video sink needs them downstream
+        # Only the sink needs them downstream: for the video, and for a dashboard's preview when they
+        # are a ring reference (a few bytes; inline pixels are not sent on for a preview).
+        self.keep_pixels = cfg.outputs.record is not None or (
+            cfg.dashboard is not None and cfg.transport.use_shm
+        )
 
     def ready_line(self) -> str:
         return f"{self.name} ready ({self.cfg.model}, max_batch {self.cfg.embed.max_batch} faces)"

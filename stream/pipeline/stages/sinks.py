@@ -19,6 +19,8 @@ import zmq
 from stream.pipeline import framering, metrics, wire
 from stream.pipeline.batching import receive
 from stream.pipeline.config import PipelineConfig
+from stream.pipeline.mqtt import MqttPublisher
+from stream.pipeline.preview import Preview
 from stream.pipeline.roles import Role
 from stream.pipeline.stages.base import Stage
 from stream.pipeline.trust import Trust
@@ -102,6 +104,9 @@ class Sink:
         self.recorder = Recorder(cfg.outputs.record, cfg.cameras) if cfg.outputs.record else None
         self._own_pixels = pixels is None
         self.pixels = framering.StagePixels(cfg, STAGE) if pixels is None else pixels
+        # The operator's surface: pictures while a dashboard watches, events to MQTT (own modules).
+        self.preview = Preview.maybe(cfg, self.pixels)
+        self.mqtt = MqttPublisher.maybe(cfg)
 
     def handle(self, msg: wire.Message) -> None:
         cam = self.cams.setdefault(msg.cam, CameraState())
@@ -126,6 +131,8 @@ class Sink:
                 self.out.write(json.dumps(line, separators=(",", ":")) + "\n")
             if self.recorder and msg.has_pixels:
                 self.record(msg, faces)
+            if self.preview:
+                self.preview.offer(msg, faces)
             self.pixels.done(msg)
             # Counted once written: these are the summary's "out", whatever happens to this process.
             self.m.frames_total.labels(STAGE, msg.cam).inc()
@@ -133,6 +140,8 @@ class Sink:
         elif isinstance(msg, wire.Event):
             if self.events:
                 self.events.write(json.dumps(msg.event, separators=(",", ":")) + "\n")
+            if self.mqtt:
+                self.mqtt.event(msg.cam, msg.event)
         elif isinstance(msg, wire.CaptureGone):
             cam.exited_at = now
             cam.error = cam.error or msg.error
@@ -190,6 +199,9 @@ class Sink:
                 f.close()
         if self.recorder:
             self.recorder.close()
+        for extra in (self.preview, self.mqtt):
+            if extra:
+                extra.close()
         if self._own_pixels:
             self.pixels.close()
         self.span.save()
