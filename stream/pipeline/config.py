@@ -152,7 +152,7 @@ class TrackingConfig(_Strict):
     appearance_ratio: float = Field(1.0, gt=0)
     # A change of the whole picture over this (capture's change score, 0..1) is a scene cut: every
     # track of the camera ends.
-    cut_change: float = Field(0.25, gt=0, le=1)
+    cut_change: float = Field(0.1, gt=0, le=1)
     max_missed: int = Field(12, ge=0)  # updates a track survives unseen
     max_age_s: float = Field(3.0, gt=0)
     unknown_frames: int = Field(10, ge=1)  # an unnamed track this long: unknown_persists

@@ -199,10 +199,13 @@ def frame_message(
     fps: float | None = None,
     pts: float | None = None,
     live: bool = False,
+    change: float | None = None,
 ) -> Frame:
     """A fresh frame as capture emits it: stamped `capture` now, wall clock for the outputs. With
     `ref` the pixels are in a ring slot and only the reference travels."""
-    msg = Frame(cam=cam, seq=seq, wall=time.time(), frame=frame, ref=ref, fps=fps, pts=pts, live=live)
+    msg = Frame(
+        cam=cam, seq=seq, wall=time.time(), frame=frame, ref=ref, fps=fps, pts=pts, live=live, change=change
+    )
     msg.stamp("capture")
     return msg
 
