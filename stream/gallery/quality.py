@@ -134,6 +134,15 @@ def assess(box: np.ndarray, score: float, landmarks: np.ndarray, chip: np.ndarra
     return Quality(total, eyes, sharp, y, float(score), why)
 
 
+def assess_faces(
+    boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray, chips: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each face's quality score (N,) float32 and whether it is a face at all (N,) bool: what the
+    embed stage (and the identity benchmark) attach to a frame's detections."""
+    qs = [assess(boxes[i], float(scores[i]), landmarks[i], chips[i]) for i in range(len(boxes))]
+    return np.array([q.score for q in qs], np.float32), np.array([q.plausible for q in qs], bool)
+
+
 def quality_problem(
     landmarks: np.ndarray,
     chip: np.ndarray,

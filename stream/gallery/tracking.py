@@ -12,10 +12,12 @@ Names. Each face brings its own evidence: its nearest person (`candidate`), the 
 distance to the nearest other person (`runner_up`) and its quality. A track is named:
 - at once, by one good-quality face that is clearly that person: distance at least `clear_margin`
   (a fraction of the threshold) under the threshold, and the runner-up at least `tie_margin` further;
-- or by `agree_frames` good-quality faces in a row within the threshold of the same person (a face
-  within the threshold of someone else starts the count again). A named track takes another name
-  only this way, never from one face.
-A face under the quality gate is reported but does not vote and does not change the appearance.
+- or by `agree_frames` good-quality faces in a row whose nearest person is the same, each within
+  `near_band` over the threshold, the last within it (a face near someone else starts the count
+  again, a face near nobody breaks it). A named track takes another name only this way.
+Quality (stream.gallery.quality): a face under `min_quality` does not vote; one under
+`good_quality` votes only when it is clear by the wider `weak_margin` (a poor face must be a much
+clearer match to count), and never changes the track's appearance.
 
 A face is output with its track's name only where its own evidence agrees: its candidate is that
 name, it is within the threshold, and it is no tie. Otherwise it is unknown, whatever the track says:
@@ -45,8 +47,11 @@ class Rules:
 
     clear_margin: float = 0.05  # fraction of the threshold under it that names a track at once
     tie_margin: float = 0.05  # runner-up nearer than this (fraction of the threshold): a tie
-    agree_frames: int = 3  # near-threshold faces that must agree to name a track
-    min_quality: float = 0.3  # faces under this quality do not vote (stream.gallery.quality)
+    agree_frames: int = 3  # faces that must agree on a near-threshold name
+    near_band: float = 0.15  # faces this fraction over the threshold still agree on their candidate
+    min_quality: float = 0.05  # faces under this quality do not vote (stream.gallery.quality)
+    good_quality: float = 0.3  # faces under this vote only when clear by weak_margin
+    weak_margin: float = 0.15
     appearance_ratio: float = 1.0  # a face this far (x threshold) from a track's appearance: new track
     max_missed: int = 12
     max_age_s: float = 3.0
@@ -189,8 +194,11 @@ class FaceTracker:
         tie = m.runner_up - m.distance < self.rules.tie_margin * self.threshold
         return self.candidate(m) is not None and m.distance <= self.threshold and not tie
 
-    def clear(self, m: Match) -> bool:
-        return self.within(m) and m.distance <= self.threshold * (1.0 - self.rules.clear_margin)
+    def clear(self, m: Match, quality: float = 1.0) -> bool:
+        """Within the threshold by the margin this face's quality asks for."""
+        r = self.rules
+        margin = r.clear_margin if quality >= r.good_quality else r.weak_margin
+        return self.within(m) and m.distance <= self.threshold * (1.0 - margin)
 
     # ----- association -------------------------------------------------------------------------------
     def _associate(self, boxes: np.ndarray, emb: np.ndarray | None) -> dict[int, int]:
@@ -236,7 +244,7 @@ class FaceTracker:
         n = len(boxes)
         if len(matches) != n:
             raise ValueError(f"{n} boxes but {len(matches)} matches")
-        emb = None if embeddings is None else np.asarray(embeddings, np.float64).reshape(n, -1)
+        emb = None if embeddings is None or n == 0 else np.asarray(embeddings, np.float64).reshape(n, -1)
         qual = np.ones(n) if quality is None else np.asarray(quality, np.float64).reshape(n)
         events: list[Event] = []
         assigned = self._associate(boxes, emb)
@@ -255,13 +263,13 @@ class FaceTracker:
                 tr.velocity = 0.5 * tr.velocity + 0.5 * step
             tr.box, tr.last_seen, tr.missed = box.copy(), t, 0
             tr.hits += 1
-            good = qual[i] >= self.rules.min_quality
+            good = qual[i] >= self.rules.good_quality
             if good and emb is not None and emb.shape[1] and np.all(np.isfinite(emb[i])):
                 self._learn(tr, emb[i])
             cand = self.candidate(m)
             tr.best[cand] = min(tr.best.get(cand, math.inf), float(m.distance))
-            if good:
-                self._vote(tr, m)
+            if qual[i] >= self.rules.min_quality:
+                self._vote(tr, m, float(qual[i]))
             events.extend(self._announce(tr, t))
             agrees = tr.name is not None and cand == tr.name and self.within(m)
             out.append(TrackedFace(tid, tr.name if agrees else None, cand, float(m.distance)))
@@ -283,19 +291,25 @@ class FaceTracker:
         else:
             tr.appearance += (e - tr.appearance) / tr.appearance_n
 
-    def _vote(self, tr: _Track, m: Match) -> None:
-        if not self.within(m):
-            return  # over the threshold or a tie: says "not anyone for sure", names nobody
+    def _vote(self, tr: _Track, m: Match, quality: float) -> None:
+        r, t = self.rules, self.threshold
         cand = self.candidate(m)
+        tie = m.runner_up - m.distance < r.tie_margin * t
+        if quality < r.good_quality:
+            if not self.clear(m, quality):
+                return  # a poor face that is not a clear match says nothing either way
+        elif cand is None or tie or m.distance > t * (1.0 + r.near_band):
+            tr.agree_with, tr.agree_count = None, 0  # a good face near nobody: agreement is broken
+            return
         if cand != tr.agree_with:  # a conflict (or the first say): agreement starts again
             tr.agree_with, tr.agree_count = cand, 0
         tr.agree_count += 1
-        if tr.name == cand:
-            return
+        if tr.name == cand or m.distance > t:
+            return  # a face over the threshold agrees, but names nobody
         # An unnamed track takes a clear face's word at once; a named one changes its name only
         # when agree_frames faces in a row say so (a face of the track that matches someone else
         # is shown unknown meanwhile: it agrees with neither).
-        if (tr.name is None and self.clear(m)) or tr.agree_count >= self.rules.agree_frames:
+        if (tr.name is None and self.clear(m, quality)) or tr.agree_count >= r.agree_frames:
             tr.name, tr.named_at = cand, tr.hits
 
     def cut(self, t: float) -> list[Event]:

@@ -146,8 +146,14 @@ class TrackingConfig(_Strict):
     # A face whose second-nearest person is within this of its nearest is a tie: unknown.
     tie_margin: float = Field(0.05, ge=0, lt=1)
     agree_frames: int = Field(3, ge=1)
-    # Faces under this quality (0..1, stream.gallery.quality) are reported but do not vote.
-    min_quality: float = Field(0.3, ge=0, le=1)
+    # Faces up to this fraction over the threshold still count as agreeing on their nearest person
+    # (they are never shown with a name themselves).
+    near_band: float = Field(0.15, ge=0)
+    # Quality (0..1, stream.gallery.quality): faces under min_quality are reported but do not vote;
+    # faces under good_quality vote only when clear by weak_margin, and do not shape the appearance.
+    min_quality: float = Field(0.05, ge=0, le=1)
+    good_quality: float = Field(0.3, ge=0, le=1)
+    weak_margin: float = Field(0.15, ge=0, lt=1)
     # A face further than this x threshold from its track's appearance starts a new track.
     appearance_ratio: float = Field(1.0, gt=0)
     # A change of the whole picture over this (capture's change score, 0..1) is a scene cut: every

@@ -51,6 +51,17 @@ def test_near_threshold_faces_need_agreement_and_a_conflict_restarts_it():
     assert out == [None, None, None, None, None, "ann"]
 
 
+def test_faces_just_over_the_threshold_agree_but_are_never_named():
+    tr = FaceTracker("c", T, Rules(agree_frames=3, near_band=0.15))
+    seq = [m("ann", 0.62), m("ann", 0.65), m("ann", 0.59), m("ann", 0.62)]
+    out = [tr.update(i, box(0, 0)[None], [x])[0][0].name for i, x in enumerate(seq)]
+    assert out == [None, None, "ann", None]
+    # A face near nobody (over the band) breaks the agreement.
+    tr = FaceTracker("c", T, Rules(agree_frames=3, near_band=0.15))
+    seq = [m("ann", 0.62), m("ann", 0.75), m("ann", 0.65), m("ann", 0.59)]
+    assert [tr.update(i, box(0, 0)[None], [x])[0][0].name for i, x in enumerate(seq)] == [None] * 4
+
+
 def test_a_tie_is_unknown():
     tr = FaceTracker("c", T)
     out = [tr.update(i, box(0, 0)[None], [m("ann", 0.3, runner_up=0.31)])[0][0] for i in range(5)]
@@ -149,6 +160,19 @@ def test_faces_under_the_quality_gate_do_not_vote():
     assert tr.update(6, box(0, 0)[None], [m("ann", 0.4)], None, np.array([0.1]))[0][0].name == "ann"
     # A poor face's appearance is not learnt: a blurred stranger cannot pull the track along.
     assert tr.tracks[good.track].appearance is None
+
+
+def test_a_poor_face_must_be_a_much_clearer_match():
+    rules = Rules(min_quality=0.05, good_quality=0.3, weak_margin=0.15, clear_margin=0.05)
+    tr = FaceTracker("c", T, rules)
+    poor = np.array([0.15])
+    # 0.55 would name a good face at once; a poor one says nothing (and breaks nothing).
+    assert [tr.update(i, box(0, 0)[None], [m("ann", 0.55)], None, poor)[0][0].name for i in range(4)] == [
+        None
+    ] * 4
+    assert tr.update(4, box(0, 0)[None], [m("ann", 0.5)], None, poor)[0][0].name == "ann"  # 0.5 <= 0.51
+    hopeless = FaceTracker("c", T, rules)
+    assert hopeless.update(0, box(0, 0)[None], [m("ann", 0.2)], None, np.array([0.01]))[0][0].name is None
 
 
 def test_events_confirm_leave_and_unknown():

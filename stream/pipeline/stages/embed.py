@@ -57,14 +57,12 @@ def with_quality(msg: wire.Dets, chips: np.ndarray, m: metrics.Metrics) -> tuple
     """The frame's faces with their quality (stream.gallery.quality.assess, the score enrollment
     uses), and their chips; detections whose landmarks cannot be a face's (a hand, a microphone)
     are dropped here, counted, before any embedding work."""
-    from stream.gallery.quality import assess
+    from stream.gallery.quality import assess_faces
 
     d = msg.dets
-    qs = [assess(d.boxes[i], float(d.scores[i]), d.landmarks[i], chips[i]) for i in range(len(d))]
-    keep = np.array([q.plausible for q in qs], bool)
+    quality, keep = assess_faces(d.boxes, d.scores, d.landmarks, chips)
     if not keep.all():
         m.faces_rejected_total.labels(msg.cam, "not a face").inc(int((~keep).sum()))
-    quality = np.array([q.score for q in qs], np.float32)
     return d[keep].with_columns(quality=quality[keep]), chips[keep]
 
 
