@@ -1,5 +1,6 @@
 """Names you can trust: the identity benchmark's cases (benchmarks/bench_identity.py) as tests, on
-clips built from the shared photos with real models, 15 frames per shot. Faces are detected and
+clips built from the shared photos with real models, exactly the benchmark's clips (30 frames a shot:
+the table in benchmarks/RESULTS.md is what these assert). Faces are detected and
 embedded once per clip (the stages' code), then named by the match stage's Namer and by a per-frame
 baseline; plus the first frames of the shared 1080p walkway clip, where nobody is enrolled."""
 
@@ -18,7 +19,7 @@ from stream.pipeline import wire
 from stream.pipeline.config import MatchConfig, PipelineConfig, TrackingConfig
 from stream.pipeline.stages.match import Namer
 
-FRAMES = 15
+FRAMES = 30
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +57,18 @@ def test_the_walkway_clip_names_nobody(analyzer, setup, shared_data: Path) -> No
     cfg, _, _ = setup
     cap = cv2.VideoCapture(str(shared_data / "video/facenet-pytorch-video.mp4"))
     frames = []
-    for _ in range(12):
+    for _ in range(8):
         ok, f = cap.read()
         assert ok
         frames.append(np.ascontiguousarray(f[:, :, ::-1]))
     cap.release()
     faces = ie.embed_frames(analyzer, frames)
     tracked = ie.name_tracked(cfg, faces)
-    assert sum(len(f) for f in tracked) > 50
+    assert sum(len(f) for f in tracked) > 35
     assert ie.own_evidence_violations(tracked, 0.6) == 0
     assert [x.name for fr in tracked for x in fr if x.name] == []
+    # The per-frame baseline names a stranger here (a poor face at 0.585 from rose_leslie).
+    assert any(x.name for fr in ie.name_per_frame(cfg, faces) for x in fr)
     assert max(flips_per_track((x.track or 0, x.name) for fr in tracked for x in fr).values()) == 0
 
 
