@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=None, help="frames of the 1080p clip (default: all)")
     args = ap.parse_args(argv)
+    from stream import doctor
     from stream.faces import FaceAnalyzer
 
+    print(doctor.header())  # the machine the figures below were measured on
     analyzer = FaceAnalyzer()
     enroll, cast = ie.shared_cast(DATA)
     photos = ie.load_photos(cast)
