@@ -109,7 +109,7 @@ def process(
             msg.dets, c = with_quality(msg, c, m)
         kept.append((r, msg))
         chips.append(c)
-        counts.append(0 if c is None else n)
+        counts.append(0 if c is None else len(c))
     total = sum(counts)
     emb = np.zeros((0, embedder.dim), np.float32)
     if total:
