@@ -211,8 +211,13 @@ def test_full_clip_end_to_end(full_run):
     assert with_faces >= 0.9 * CLIP_FRAMES, with_faces
     r = rows[0]
     assert set(r) >= {"camera", "seq", "t_capture", "faces", "latency_ms"}
-    assert set(r["faces"][0]) == {"box", "score", "landmarks", "track", "name", "distance"}
+    fields = {"box", "score", "landmarks", "track", "name", "candidate", "distance", "quality"}
+    assert set(r["faces"][0]) == fields
     assert len(r["faces"][0]["landmarks"]) == 5
+    faces = [f for r in rows for f in r["faces"]]
+    assert all(0 <= f["quality"] <= 1 for f in faces)
+    # No face is output with a name its own match contradicts (README, Output fields).
+    assert all(f["name"] is None or (f["name"] == f["candidate"] and f["distance"] <= 0.6) for f in faces)
     assert set(r["latency_ms"]) == {"detect", "embed", "match", "total"}
     assert all(r["latency_ms"]["total"] > 0 for r in rows)
     # Per-stage histograms had observations while the run was going.
