@@ -92,8 +92,10 @@ def implausible(box: np.ndarray, landmarks: np.ndarray) -> str | None:
     nose_y, mouth_y = u[2, 1], (u[3, 1] + u[4, 1]) / 2
     if nose_y < 0.1 or mouth_y - nose_y < 0.05:
         return "nose not below the eyes, or mouth not below the nose"
-    if not 0.35 <= mouth_y <= 2.0:
-        return f"mouth {mouth_y:.2f} eye distances below the eyes"
+    # In box heights, not eye distances: a turned face's eyes are foreshortened, its height is not.
+    drop = mouth_y * eyes / h
+    if not 0.15 <= drop <= 0.8:
+        return f"mouth {drop:.2f} box heights below the eyes"
     mouth_w = u[4, 0] - u[3, 0]
     if not 0.3 <= mouth_w <= 1.6:
         return f"mouth {mouth_w:.2f} eye distances wide"
