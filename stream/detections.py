@@ -9,6 +9,8 @@ Columns, one row per face (by descending detector score):
     tracks      (N,)   int32     per-camera track id, or None             match
     names       N x (str | None) the decision (None: unknown), or None    match
     distances   (N,)   float64   to the nearest person (inf: none), or None  match
+    quality     (N,)   float32   0..1 (stream.gallery.quality), or None     embed
+    candidates  N x (str | None) each face's own nearest person, or None    match
 
 Like supervision's `Detections`: `Detections.empty()`, `len(d)`, `d[i]` / `d[a:b]` / `d[mask]` (a
 `Detections` again), `Detections.merge([...])`. The wire form (a dict of arrays) and the `run --out`
@@ -36,6 +38,8 @@ class Detections:
     tracks: np.ndarray | None = None
     names: list[str | None] | None = None
     distances: np.ndarray | None = None
+    quality: np.ndarray | None = None
+    candidates: list[str | None] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
@@ -68,6 +72,7 @@ class Detections:
             index = [int(index)]
         rows = np.arange(len(self))[index]
         names = None if self.names is None else [self.names[i] for i in rows.reshape(-1)]
+        cands = None if self.candidates is None else [self.candidates[i] for i in rows.reshape(-1)]
         return Detections(
             self.boxes[rows],
             self.scores[rows],
@@ -76,6 +81,8 @@ class Detections:
             None if self.tracks is None else self.tracks[rows],
             names,
             None if self.distances is None else self.distances[rows],
+            None if self.quality is None else self.quality[rows],
+            cands,
         )
 
     def with_columns(self, **columns: object) -> Detections:
@@ -93,6 +100,11 @@ class Detections:
             return None if any(c is None for c in cols) else np.concatenate(cols)
 
         names = None if any(p.names is None for p in parts) else [n for p in parts for n in p.names or []]
+        cands = (
+            None
+            if any(p.candidates is None for p in parts)
+            else [n for p in parts for n in p.candidates or []]
+        )
         boxes, scores, landmarks = stack("boxes"), stack("scores"), stack("landmarks")
         assert boxes is not None and scores is not None and landmarks is not None
         return Detections(
@@ -103,4 +115,6 @@ class Detections:
             stack("tracks"),
             names,
             stack("distances"),
+            stack("quality"),
+            cands,
         )

@@ -3,7 +3,8 @@
 Most of a fixed camera's frame does not change from one frame to the next, and a face found a frame
 ago is near where it was. So per camera, a `DetectionPlan` decides for each frame:
 - the whole frame: the first frame, every `full_every_s` of video time (so that nothing standing still
-  is missed for long), and at a scene cut (most of the picture changed at once);
+  is missed for long), at a scene cut (the capture's verdict, stream/pipeline/scenecut.py, carried
+  on the frame), and whenever the regions would cover most of the frame anyway;
 - otherwise the regions that changed (differencing of small grey copies of consecutive frames, with a
   margin) plus the regions around the faces found last time, merged where they overlap;
 - nothing at all when nothing moved and no face was there (a static empty scene costs one resize).
@@ -26,11 +27,11 @@ SMALL_WIDTH = 160  # motion is measured on a copy this wide: enough for a face's
 class GuidedSettings:
     full_every_s: float = 1.0  # a whole-frame pass at least this often (video time)
     motion_threshold: int = 18  # grey-level change (0-255) of a small-copy pixel that counts as motion
-    cut_fraction: float = 0.5  # this share of the picture changing at once is a scene cut
     margin: float = 0.5  # each region grows by this share of its size on every side
     min_face_size: int = 20  # the detector's: a region is never smaller than a face with its margin
     max_area: float = 0.6  # regions covering more than this share of the frame: run the whole frame
     face_shrink: float = 0.6  # around a known face, look for faces down to this share of its size
+    cut_change: float = 0.1  # the frame's scene-change score (scenecut.py) that makes it a new shot
 
 
 @dataclass
@@ -56,8 +57,9 @@ class DetectionPlan:
     _last_full: float | None = None
     _faces: list[Box] = field(default_factory=list)
 
-    def plan(self, frame: np.ndarray, t: float) -> Plan:
-        """Where to look in `frame` (RGB, H x W x 3) taken at `t` seconds (video or wall time)."""
+    def plan(self, frame: np.ndarray, t: float, cut: bool = False) -> Plan:
+        """Where to look in `frame` (RGB, H x W x 3) taken at `t` seconds (video or wall time); `cut`:
+        the frame starts a new shot."""
         s = self.settings
         h, w = frame.shape[:2]
         small = _small_grey(frame)
@@ -67,9 +69,9 @@ class DetectionPlan:
             return self._full(t, "first")
         if t - self._last_full >= s.full_every_s or t < self._last_full:
             return self._full(t, "periodic")
-        changed = cv2.absdiff(small, previous) > s.motion_threshold
-        if changed.mean() >= s.cut_fraction:
+        if cut:
             return self._full(t, "cut")
+        changed = cv2.absdiff(small, previous) > s.motion_threshold
         # Where something moved, any face may have appeared: look for the smallest. Around a face found
         # last time, look for that face: it cannot have shrunk much in a frame (and the whole frame
         # comes back every full_every_s for anything else).
@@ -159,10 +161,10 @@ class Guide:
         self.settings = settings
         self.cameras: dict[str, DetectionPlan] = {}
 
-    def plan(self, cam: str, frame: np.ndarray, t: float) -> Plan:
+    def plan(self, cam: str, frame: np.ndarray, t: float, cut: bool = False) -> Plan:
         if cam not in self.cameras:
             self.cameras[cam] = DetectionPlan(self.settings)
-        return self.cameras[cam].plan(frame, t)
+        return self.cameras[cam].plan(frame, t, cut)
 
     def observe(self, cam: str, boxes: np.ndarray) -> None:
         if cam in self.cameras:

@@ -60,7 +60,9 @@ def test_plan_whole_frame_at_a_scene_cut(scene):
     rng = np.random.default_rng(3)
     plan = DetectionPlan(GuidedSettings(full_every_s=10.0))
     plan.plan(noisy(scene, rng), 0.0)
-    assert plan.plan(noisy(view(1), rng), 0.04).reason == "cut"  # another view altogether
+    assert plan.plan(noisy(view(1), rng), 0.04, cut=True).reason == "cut"  # the capture says so
+    # Without the capture's verdict, another view altogether still gets the whole frame.
+    assert plan.plan(noisy(view(2), rng), 0.08).full
 
 
 def test_overlapping_regions_merge_until_none_overlap():

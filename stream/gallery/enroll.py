@@ -66,7 +66,9 @@ def pick_face(
     if not faces:
         raise FacestreamError(f"{path}: no face found")
     faces = sorted(faces, key=face_size, reverse=True)
-    problems = [quality_problem(f.landmarks, f.chip, min_eye_px, min_sharpness) for f in faces]
+    problems = [
+        quality_problem(f.landmarks, f.chip, min_eye_px, min_sharpness, f.box, f.score) for f in faces
+    ]
     pool = faces if force else [f for f, p in zip(faces, problems, strict=True) if p is None]
     if not pool:
         raise FacestreamError(f"{path}: {problems[0]}; --force enrolls it anyway")

@@ -56,6 +56,11 @@ class Match:
     name: str | None  # None = unknown (over the threshold, or an empty gallery)
     distance: float  # to the nearest enrolled sample of that person (inf if the gallery is empty)
     person_id: int | None
+    # The nearest person whether or not within the threshold (None: empty gallery): what the face
+    # itself says, which the tracker checks a track's name against.
+    candidate: str | None = None
+    # Distance to the nearest OTHER person (inf: unknown or nobody else): a tie says nothing.
+    runner_up: float = float("inf")
 
 
 class SampleIndex:
@@ -280,8 +285,8 @@ class Matcher:
 
     def _decide(self, pid: int, distance: float) -> Match:
         if distance <= self.threshold:
-            return Match(self.names[pid], distance, pid)
-        return Match(None, distance, None)
+            return Match(self.names[pid], distance, pid, self.names[pid])
+        return Match(None, distance, None, self.names[pid])
 
     def _knn_vote(self, d: np.ndarray, k: int) -> Match:
         order = np.argsort(d, kind="stable")[:k]
@@ -290,10 +295,29 @@ class Matcher:
         for i in order:
             if d[i] <= self.threshold:
                 counts.setdefault(int(self.index.person_ids[i]), []).append(float(d[i]))
+        nearest_name = self.names[int(self.index.person_ids[order[0]])]
         if not counts:
-            return Match(None, nearest, None)
+            return Match(None, nearest, None, nearest_name)
         pid = max(counts, key=lambda p: (len(counts[p]), -min(counts[p])))
-        return Match(self.names[pid], min(counts[pid]), pid)
+        return Match(self.names[pid], min(counts[pid]), pid, self.names[pid])
+
+    def evidence(self, embeddings: np.ndarray) -> list[Match]:
+        """match() (k=1) plus each face's runner-up (the nearest other person) where that is cheap:
+        galleries under search.FAST_MIN_ROWS samples, whose match is one full pass anyway. The tracker
+        treats a face about as near two people as a tie (unknown)."""
+        from stream.gallery.search import FAST_MIN_ROWS
+
+        emb = np.atleast_2d(np.asarray(embeddings, np.float32))
+        if len(emb) == 0 or len(self.index) == 0 or len(self.index) >= FAST_MIN_ROWS:
+            return self.match(emb)
+        out = []
+        for row in self.top_k(emb, 2):
+            pid = row[0].person_id
+            assert pid is not None  # top_k names every candidate
+            best = self._decide(pid, row[0].distance)
+            best.runner_up = row[1].distance if len(row) > 1 else float("inf")
+            out.append(best)
+        return out
 
     def top_k(self, embeddings: np.ndarray, k: int) -> list[list[Match]]:
         """The k nearest enrolled people per row, nearest first (a candidate list): named whether or

@@ -141,9 +141,39 @@ class EmbedConfig(StageConfig):
     precision: Literal["fp32", "int8", "auto"] = "fp32"
 
 
+class TrackingConfig(_Strict):
+    """How tracks are followed and named (stream/gallery/tracking.py; README, "Names and margins").
+    Margins are fractions of the threshold, so they mean the same for every model."""
+
+    # A good face this far under the threshold (0.05 x 0.6 = 0.03 for dlib-resnet-v1) names its track
+    # in its first frame; nearer the threshold, `agree_frames` faces must agree.
+    clear_margin: float = Field(0.05, ge=0, lt=1)
+    # A face whose second-nearest person is within this of its nearest is a tie: unknown.
+    tie_margin: float = Field(0.05, ge=0, lt=1)
+    agree_frames: int = Field(3, ge=1)
+    # Faces up to this fraction over the threshold still count as agreeing on their nearest person
+    # (they are never shown with a name themselves).
+    near_band: float = Field(0.15, ge=0)
+    # Quality (0..1, stream.gallery.quality): faces under min_quality are reported but do not vote;
+    # faces under good_quality vote only when clear by weak_margin, and do not shape the appearance.
+    min_quality: float = Field(0.05, ge=0, le=1)
+    good_quality: float = Field(0.3, ge=0, le=1)
+    weak_margin: float = Field(0.15, ge=0, lt=1)
+    # A face further than this x threshold from its track's appearance starts a new track.
+    appearance_ratio: float = Field(1.0, gt=0)
+    # A change of the whole picture over this (capture's change score, 0..1) is a scene cut: every
+    # track of the camera ends.
+    cut_change: float = Field(0.1, gt=0, le=1)
+    max_missed: int = Field(12, ge=0)  # updates a track survives unseen
+    max_age_s: float = Field(3.0, gt=0)
+    unknown_frames: int = Field(10, ge=1)  # an unnamed track this long: unknown_persists
+    unknown_seconds: float = Field(1.0, ge=0)
+
+
 class MatchConfig(_Strict):
     threshold: float | None = None  # None: the model's default
     refresh_s: float = Field(2.0, gt=0)  # how often the gallery is checked for changes
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 class HostsConfig(_Strict):

@@ -44,15 +44,19 @@ class Segment:
     shot: Shot
 
 
-# The cut to biden puts his face away from where obama's was (right, smaller, then a pan in). With
-# his face at the same place, today's tracker (boxes only, no appearance or cut detection: issue 10)
-# continues obama's track onto him and outputs obama's name at distance 0.85 (measured: 23 of 30
-# frames). Once tracks use appearance, this shot can start where obama3 ends.
+# The cut to biden puts his face exactly where obama's was: the hard case for a tracker. Boxes alone
+# would continue obama's track onto him (a tracker that did so showed obama's name on him at 0.85);
+# the scene cut and the track's appearance each end it, and no face is named against its own match.
 SHOTS = (
     Shot("obama2.jpg", "obama", "pan left to right", 30, (170, 250, 150), (470, 230, 175)),
     Shot("obama3.jpg", "obama", "zoom in, out of focus at first", 30, (330, 260, 110), (300, 230, 250), 4.0),
     Shot(
-        "biden.jpg", "biden", "cut to another person, pan and zoom in", 30, (540, 200, 130), (340, 240, 210)
+        "biden.jpg",
+        "biden",
+        "cut to another person at the same place, zoom out",
+        30,
+        (300, 230, 250),
+        (330, 230, 200),
     ),
 )
 

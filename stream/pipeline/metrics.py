@@ -51,6 +51,7 @@ class Metrics:
     frames_total: Counter
     frames_dropped_total: Counter
     faces_total: Counter
+    faces_rejected_total: Counter
     matches_total: Counter
     camera_up: Gauge
     camera_reconnects_total: Counter
@@ -94,6 +95,11 @@ def get() -> Metrics:
             ),
             faces_total=Counter(
                 "facestream_faces", "Faces in the output (counted as the sink writes them)", ["camera"]
+            ),
+            faces_rejected_total=Counter(
+                "facestream_faces_rejected",
+                "Detections dropped before embedding (landmarks no face has), by reason",
+                ["camera", "reason"],
             ),
             matches_total=Counter(
                 "facestream_matches", "Match decisions (known/unknown)", ["camera", "result"]

@@ -35,7 +35,8 @@ import numpy as np
 
 from stream.detections import Detections
 
-VERSION = 3  # 2: typed meta per kind, result faces as arrays (+ names), the capture-gone kind; 3: eos origin
+VERSION = 4  # 2: typed meta per kind, result faces as arrays (+ names), the capture-gone kind
+# 3: face quality (faces, result), candidates (result), the frame's change score; 4: eos origin
 
 
 class Kind(StrEnum):
@@ -43,8 +44,8 @@ class Kind(StrEnum):
 
     FRAME = "frame"  # capture -> detect: pixels
     DETS = "dets"  # detect -> embed: pixels + boxes, scores, landmarks
-    FACES = "faces"  # embed -> match: (pixels) + boxes, scores, landmarks, embeddings
-    RESULT = "result"  # match -> sinks / results PUB: (pixels) + faces with tracks, names, distances
+    FACES = "faces"  # embed -> match: (pixels) + boxes, scores, landmarks, embeddings, quality
+    RESULT = "result"  # match -> sinks / results PUB: (pixels) + faces with tracks, names, candidates, ...
     EOS = "eos"  # end of one camera's stream, sent by its capture through the pipeline
     EVENT = "event"  # camera up/down, track events
     GONE = "gone"  # supervisor -> sink: a camera's capture process has exited (its EOS may never come)
@@ -111,6 +112,10 @@ class FrameMessage(Message):
     live: bool = False  # latest-frame semantics: a busy detector may skip to a newer frame
     skipped: int = 0  # frames of this camera dropped just before this one (the sink's accounting)
     error: str | None = None  # what went wrong with this frame (its faces are then empty)
+    # How much the whole picture changed since the camera's previous frame (0..1, capture's
+    # stream.pipeline.stages.capture.change_score); None: not measured (first frame). A scene cut
+    # ends the camera's tracks.
+    change: float | None = None
 
     @property
     def has_pixels(self) -> bool:
@@ -142,12 +147,12 @@ class Dets(Detected):
 
 @dataclass(kw_only=True)
 class Faces(Detected):
-    KIND = Kind.FACES  # dets.embeddings set
+    KIND = Kind.FACES  # dets.embeddings, quality set
 
 
 @dataclass(kw_only=True)
 class Result(Detected):
-    KIND = Kind.RESULT  # dets.tracks, names, distances set
+    KIND = Kind.RESULT  # dets.tracks, names, candidates, distances, quality set
 
 
 @dataclass(kw_only=True)
@@ -197,10 +202,13 @@ def frame_message(
     fps: float | None = None,
     pts: float | None = None,
     live: bool = False,
+    change: float | None = None,
 ) -> Frame:
     """A fresh frame as capture emits it: stamped `capture` now, wall clock for the outputs. With
     `ref` the pixels are in a ring slot and only the reference travels."""
-    msg = Frame(cam=cam, seq=seq, wall=time.time(), frame=frame, ref=ref, fps=fps, pts=pts, live=live)
+    msg = Frame(
+        cam=cam, seq=seq, wall=time.time(), frame=frame, ref=ref, fps=fps, pts=pts, live=live, change=change
+    )
     msg.stamp("capture")
     return msg
 
@@ -243,8 +251,13 @@ _DETECTOR: dict[str, _Spec] = {
 }
 _KIND_ARRAYS: dict[Kind, dict[str, _Spec]] = {
     Kind.DETS: _DETECTOR,
-    Kind.FACES: {**_DETECTOR, "embeddings": ("float32", None)},
-    Kind.RESULT: {**_DETECTOR, "tracks": ("int32", ()), "distances": ("float64", ())},
+    Kind.FACES: {**_DETECTOR, "embeddings": ("float32", None), "quality": ("float32", ())},
+    Kind.RESULT: {
+        **_DETECTOR,
+        "tracks": ("int32", ()),
+        "distances": ("float64", ()),
+        "quality": ("float32", ()),
+    },
 }
 
 
@@ -266,7 +279,11 @@ def detections_to_wire(dets: Detections, kind: Kind) -> dict[str, np.ndarray]:
     return out
 
 
-def detections_from_wire(arrays: dict[str, np.ndarray], names: list[str | None] | None = None) -> Detections:
+def detections_from_wire(
+    arrays: dict[str, np.ndarray],
+    names: list[str | None] | None = None,
+    candidates: list[str | None] | None = None,
+) -> Detections:
     """A Detections viewing the received arrays (validated by decode)."""
     return Detections(
         arrays["boxes"],
@@ -276,16 +293,21 @@ def detections_from_wire(arrays: dict[str, np.ndarray], names: list[str | None] 
         arrays.get("tracks"),
         names,
         arrays.get("distances"),
+        arrays.get("quality"),
+        candidates,
     )
 
 
 def faces_json(dets: Detections) -> list[dict[str, Any]]:
-    """The `faces` of a `run --out` line: box, score, landmarks (rounded), track, name, distance
-    (None when there is no one to be near)."""
+    """The `faces` of a `run --out` line (README, "Output fields"): box, score, landmarks (rounded),
+    track, name (the decision), candidate and distance (this face's own nearest person; both None
+    when there is no one to be near), quality."""
     n = len(dets)
     tracks: list[Any] = dets.tracks.tolist() if dets.tracks is not None else [None] * n
     names = dets.names if dets.names is not None else [None] * n
+    cands = dets.candidates if dets.candidates is not None else [None] * n
     distances = dets.distances if dets.distances is not None else np.full(n, np.inf)
+    quality: list[Any] = dets.quality.tolist() if dets.quality is not None else [None] * n
     return [
         {
             "box": [round(float(x), 2) for x in dets.boxes[i]],
@@ -293,7 +315,9 @@ def faces_json(dets: Detections) -> list[dict[str, Any]]:
             "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in dets.landmarks[i]],
             "track": None if tracks[i] is None else int(tracks[i]),
             "name": names[i],
+            "candidate": cands[i] if math.isfinite(distances[i]) else None,
             "distance": round(float(distances[i]), 5) if math.isfinite(distances[i]) else None,
+            "quality": None if quality[i] is None or not math.isfinite(quality[i]) else round(quality[i], 3),
         }
         for i in range(n)
     ]
@@ -306,6 +330,8 @@ def _meta(msg: Message) -> dict[str, Any]:
     meta = {f.name: getattr(msg, f.name) for f in fields(msg) if f.name not in skip}
     if isinstance(msg, Result):
         meta["names"] = msg.dets.names if msg.dets.names is not None else [None] * len(msg.dets)
+        cands = msg.dets.candidates
+        meta["candidates"] = cands if cands is not None else [None] * len(msg.dets)
     return meta
 
 
@@ -407,8 +433,9 @@ def decode(parts: Sequence[Any]) -> Message:
         raise WireError(f"{kind} message with pixels")
     if issubclass(cls, Detected):
         names = fields_.pop("names", None)
+        cands = fields_.pop("candidates", None)
         try:
-            fields_["dets"] = detections_from_wire(_kind_arrays(kind, arrays), names)
+            fields_["dets"] = detections_from_wire(_kind_arrays(kind, arrays), names, cands)
         except ValueError as e:  # names that disagree with the arrays on the number of faces
             raise WireError(f"{kind}: {e}") from None
     elif arrays:
@@ -442,12 +469,13 @@ _FRAME_META: dict[str, Any] = {
     "live": bool,
     "skipped": int,
     "error": (str, type(None)),
+    "change": (int, float, type(None)),
 }
 _KIND_META: dict[Kind, dict[str, Any]] = {
     Kind.FRAME: _FRAME_META,
     Kind.DETS: _FRAME_META,
     Kind.FACES: _FRAME_META,
-    Kind.RESULT: {**_FRAME_META, "names": list},
+    Kind.RESULT: {**_FRAME_META, "names": list, "candidates": list},
     Kind.EOS: {
         "read": int,
         "dropped": dict,
@@ -484,8 +512,10 @@ def _kind_meta(kind: Kind, meta: dict[str, Any]) -> dict[str, Any]:
         raise WireError("eos: origin too long")
     if kind == Kind.RESULT and not all(isinstance(x, str | None) for x in meta["names"]):
         raise WireError("result: names must be strings or null")
+    if kind == Kind.RESULT and not all(isinstance(x, str | None) for x in meta["candidates"]):
+        raise WireError("result: candidates must be strings or null")
     out = dict(meta)
-    for key in ("fps", "pts"):
+    for key in ("fps", "pts", "change"):
         if out.get(key) is not None:
             out[key] = float(out[key])
     return out

@@ -74,6 +74,20 @@ def test_match_names_and_unknowns(gallery_path):
     m.close()
 
 
+def test_evidence_says_the_candidate_over_the_threshold_and_the_runner_up(gallery_path):
+    path, centres = gallery_path
+    m = Matcher(path, MODEL)
+    step = np.random.default_rng(5).normal(size=128)
+    step[0] += -step.sum()  # orthogonal to the all-ones direction the samples spread along
+    far = (centres["cat"] + 0.7 * step / np.linalg.norm(step)).astype(np.float32)  # 0.7 from cat
+    got = m.evidence(np.stack([centres["ann"], far]))
+    assert [(g.name, g.candidate) for g in got] == [("ann", "ann"), (None, "cat")]
+    ref = brute(np.stack([centres["ann"], far]), np.stack(list(centres.values())))
+    assert got[0].runner_up == pytest.approx(np.sort(ref[0])[1], abs=0.02)  # ben or cat, not ann
+    assert got[1].distance == pytest.approx(0.7, abs=0.02) and got[1].runner_up > got[1].distance
+    assert [g.candidate for g in m.match(np.stack([centres["ann"], far]))] == ["ann", "cat"]
+
+
 def test_explicit_and_calibrated_threshold(gallery_path):
     path, centres = gallery_path
     with Gallery.open(path) as g:

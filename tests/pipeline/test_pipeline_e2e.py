@@ -211,8 +211,13 @@ def test_full_clip_end_to_end(full_run):
     assert with_faces >= 0.9 * CLIP_FRAMES, with_faces
     r = rows[0]
     assert set(r) >= {"camera", "seq", "t_capture", "faces", "latency_ms"}
-    assert set(r["faces"][0]) == {"box", "score", "landmarks", "track", "name", "distance"}
+    fields = {"box", "score", "landmarks", "track", "name", "candidate", "distance", "quality"}
+    assert set(r["faces"][0]) == fields
     assert len(r["faces"][0]["landmarks"]) == 5
+    faces = [f for r in rows for f in r["faces"]]
+    assert all(0 <= f["quality"] <= 1 for f in faces)
+    # No face is output with a name its own match contradicts (README, Output fields).
+    assert all(f["name"] is None or (f["name"] == f["candidate"] and f["distance"] <= 0.6) for f in faces)
     assert set(r["latency_ms"]) == {"detect", "embed", "match", "total"}
     assert all(r["latency_ms"]["total"] > 0 for r in rows)
     # Per-stage histograms had observations while the run was going.
@@ -231,10 +236,15 @@ def test_one_shot_names_the_enrolled_person_only(full_run):
     first = [f for f in rows[0]["faces"] if _iou(f["box"], SUBJECT_BOX) > 0.5]
     assert len(first) == 1
     track = first[0]["track"]
-    names = [f["name"] for r in rows for f in r["faces"] if f["track"] == track]
+    faces = [f for r in rows for f in r["faces"] if f["track"] == track]
+    names = [f["name"] for f in faces]
     assert len(names) >= 25  # visible from frame 0 until he leaves the frame (~35 frames)
-    # Named in the frames where visible: all but the first few (a track needs 3 votes to be named).
-    assert names.count("subject") >= len(names) - 4, names
+    # Named wherever his own face agrees (all but the first, a turned face under the quality gate:
+    # the next, clear, names the track), and never where it does not: his faces over the run's
+    # threshold (a blurred turn, 0.47-0.59) are unknown, whatever the track's name (issue 10).
+    agree = [f for f in faces if f["distance"] <= 0.45]
+    assert sum(f["name"] == "subject" for f in agree) >= len(agree) - 1, names
+    assert all(f["name"] is None for f in faces if f["distance"] > 0.45), names
     others = {f["track"] for r in rows for f in r["faces"] if f["track"] != track and f["name"] == "subject"}
     assert not others, f"other tracks got the subject's name: {others}"
     confirmed = [e for e in full_run["events"] if e["type"] == "track_confirmed"]
@@ -246,10 +256,15 @@ def test_track_names_do_not_flicker(full_run):
     Measured on this clip: 0 flips over every track (the subject's included)."""
     from stream.gallery.tracking import flips_per_track
 
-    seen = [(f["track"], f["name"]) for r in full_run["out"] for f in r["faces"]]
-    flips = flips_per_track(seen)
-    assert len(flips) >= 10  # many people walk through this clip
+    # A face over the threshold is shown unknown even on a named track (issue 10: a name is never
+    # shown against the face's own match), so flips are counted over the faces whose own match
+    # agrees with a name; and no track's confirmed name ever changes.
+    faces = [f for r in full_run["out"] for f in r["faces"]]
+    assert len({f["track"] for f in faces}) >= 10  # many people walk through this clip
+    flips = flips_per_track((f["track"], f["name"]) for f in faces if f["distance"] <= 0.45)
     assert sum(flips.values()) == 0, {t: n for t, n in flips.items() if n}
+    confirmed = [e["track"] for e in full_run["events"] if e["type"] == "track_confirmed"]
+    assert len(confirmed) == len(set(confirmed))
 
 
 def _iou(a, b) -> float:

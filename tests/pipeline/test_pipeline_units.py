@@ -99,7 +99,10 @@ def result(cam: str, seq: int) -> wire.Message:
         "match_out": 4_000_000 + seq,
     }
     no_faces = Detections.empty().with_columns(
-        tracks=np.zeros(0, np.int32), names=[], distances=np.zeros(0, np.float64)
+        tracks=np.zeros(0, np.int32),
+        names=[],
+        distances=np.zeros(0, np.float64),
+        quality=np.zeros(0, np.float32),
     )
     return wire.Result(cam=cam, seq=seq, t=t, wall=1.5, dets=no_faces)
 

@@ -21,6 +21,7 @@ def faces_msg(n: int = 2) -> wire.Faces:
         np.ones((n,), np.float32),
         np.ones((n, 5, 2), np.float32),
         embeddings=np.arange(n * 128, dtype=np.float32).reshape(n, 128),
+        quality=np.linspace(0, 1, n, dtype=np.float32),
     )
     return frame_msg().to(wire.Faces, dets=dets)
 
@@ -166,6 +167,7 @@ def named(n: int) -> Detections:
     return d.with_columns(
         tracks=np.arange(n, dtype=np.int32),
         names=[f"p{i}" if i % 2 else None for i in range(n)],
+        candidates=[f"p{i}" if i != 1 else None for i in range(n)],
         distances=np.array([0.123456789, np.inf, 0.5][:n], np.float64),
     )
 
@@ -186,6 +188,7 @@ def test_result_round_trip_and_json_faces():
     msg = faces_msg(3).to(wire.Result, dets=named(3))
     back = wire.decode(wire.encode(msg))
     assert isinstance(back, wire.Result) and back.dets.names == [None, "p1", None]
+    assert back.dets.candidates == ["p0", None, "p2"]
     faces = wire.faces_json(back.dets)
     assert faces[0] == {
         "box": [1.0, 1.0, 1.0, 1.0],
@@ -193,9 +196,28 @@ def test_result_round_trip_and_json_faces():
         "landmarks": [[1.0, 1.0]] * 5,
         "track": 0,
         "name": None,
+        "candidate": "p0",  # its own nearest person, over the threshold or not named by its track
         "distance": 0.12346,
+        "quality": 0.0,
     }
-    assert faces[1]["distance"] is None and faces[1]["name"] == "p1"
+    assert faces[1]["distance"] is None and faces[1]["name"] == "p1" and faces[1]["candidate"] is None
+    assert faces[2]["quality"] == 1.0
+
+
+def test_result_columns_are_checked_and_the_change_score_travels():
+    msg = faces_msg(2).to(wire.Result, dets=named(2), change=0.42)
+    back = wire.decode(wire.encode(msg))
+    assert isinstance(back, wire.Result) and back.change == pytest.approx(0.42)
+    assert wire.decode(wire.encode(frame_msg())).change is None
+    header = msgpack.unpackb(wire.encode(msg)[0])
+    header["meta"]["candidates"] = ["p0"]  # one candidate for two faces
+    with pytest.raises(wire.WireError, match="candidates"):
+        wire.decode([msgpack.packb(header), *wire.encode(msg)[1:]])
+    header["meta"]["candidates"] = [1, None]
+    with pytest.raises(wire.WireError, match="candidates must be strings"):
+        wire.decode([msgpack.packb(header), *wire.encode(msg)[1:]])
+    with pytest.raises(wire.WireError, match="without quality"):
+        wire.encode(msg.to(wire.Result, dets=named(2).with_columns(quality=None)))
 
 
 def test_capture_gone_is_its_own_kind():

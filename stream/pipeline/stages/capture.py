@@ -21,6 +21,7 @@ import zmq
 from stream.pipeline import framering, transport, trust, wire
 from stream.pipeline.config import PipelineConfig
 from stream.pipeline.roles import Role
+from stream.pipeline.scenecut import SceneChange
 from stream.pipeline.sources import (
     Backoff,
     FolderSource,
@@ -63,6 +64,7 @@ class Capture(Stage):
         self.pending_events: deque[wire.Message] = deque()
         self._up: bool | None = None
         self.ring: framering.RingWriter | None = None
+        self.scene = SceneChange()
         # Down until it opens: a scrape during the first retries shows the camera, at 0.
         self.m.camera_up.labels(self.cam).set(0)
 
@@ -136,8 +138,10 @@ class Capture(Stage):
         wait: blocking backpressure: with a ring, wait until the readers are within their windows
         (framering.py: tiny headers are not held back by the HWMs)."""
 
+        change = self.scene.measure(frame)  # scene cuts end the camera's tracks (match stage)
+
         def message(pixels: np.ndarray | None, ref: wire.FrameRef | None = None) -> wire.Frame:
-            return wire.frame_message(self.cam, seq, pixels, ref, fps=fps, pts=pts, live=live)
+            return wire.frame_message(self.cam, seq, pixels, ref, fps=fps, pts=pts, live=live, change=change)
 
         if self.ring is not None:
             try:
@@ -157,6 +161,7 @@ class Capture(Stage):
         return message(frame)
 
     def sent_one(self) -> None:
+        self.scene.sent()
         self.sent += 1
         self.m.frames_total.labels(STAGE, self.cam).inc()
 

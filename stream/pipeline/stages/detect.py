@@ -54,7 +54,11 @@ class Detect(Stage):
         self.detector = load_detector(self.cfg)
         warm_up(self.detector)
         d = self.cfg.detect
-        settings = GuidedSettings(full_every_s=d.full_every_s, min_face_size=d.min_face_size)
+        settings = GuidedSettings(
+            full_every_s=d.full_every_s,
+            min_face_size=d.min_face_size,
+            cut_change=self.cfg.match.tracking.cut_change,  # one scene-cut level for tracks and detection
+        )
         self.guide = Guide(settings) if d.mode == "guided" else None
 
     def ready_line(self) -> str:
@@ -140,7 +144,11 @@ def process(
             if guide is None:
                 found = detector.detect(images)
             else:
-                plans = [guide.plan(msg.cam, msg.frame, _time(msg)) for _, msg in frames]  # type: ignore[arg-type]
+                cut = guide.settings.cut_change
+                plans = [
+                    guide.plan(msg.cam, msg.frame, _time(msg), msg.change is not None and msg.change >= cut)  # type: ignore[arg-type]
+                    for _, msg in frames
+                ]
                 for (_, msg), p in zip(frames, plans, strict=True):
                     m.detect_plans_total.labels(msg.cam, p.reason).inc()
                 found = detector.detect_regions(

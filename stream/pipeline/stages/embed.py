@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zmq
 
+from stream.detections import Detections
 from stream.pipeline import framering, metrics, wire
 from stream.pipeline.batching import Received, take_batch
 from stream.pipeline.roles import Role
@@ -56,6 +57,19 @@ class Embed(Stage):
             process(batch, self.embedder, self.out, self.m, self.stop, self.keep_pixels, self.pixels)
 
 
+def with_quality(msg: wire.Dets, chips: np.ndarray, m: metrics.Metrics) -> tuple[Detections, np.ndarray]:
+    """The frame's faces with their quality (stream.gallery.quality.assess, the score enrollment
+    uses), and their chips; detections whose landmarks cannot be a face's (a hand, a microphone)
+    are dropped here, counted, before any embedding work."""
+    from stream.gallery.quality import assess_faces
+
+    d = msg.dets
+    quality, keep = assess_faces(d.boxes, d.scores, d.landmarks, chips)
+    if not keep.all():
+        m.faces_rejected_total.labels(msg.cam, "not a face").inc(int((~keep).sum()))
+    return d[keep].with_columns(quality=quality[keep]), chips[keep]
+
+
 def process(
     batch: list[Received],
     embedder: Embedder,
@@ -95,9 +109,11 @@ def process(
         if c is None or len(c) != n:
             c = None
             msg.dets = msg.dets[:0]  # keep the frame, forget its faces (not aligned)
+        else:
+            msg.dets, c = with_quality(msg, c, m)
         kept.append((r, msg))
         chips.append(c)
-        counts.append(0 if c is None else n)
+        counts.append(0 if c is None else len(c))
     total = sum(counts)
     emb = np.zeros((0, embedder.dim), np.float32)
     if total:
@@ -116,7 +132,10 @@ def process(
     for (r, msg), n in zip(kept, counts, strict=True):
         embeddings = np.ascontiguousarray(emb[at : at + n], np.float32)
         at += n
-        faces[id(r)] = msg.to(wire.Faces, dets=msg.dets.with_columns(embeddings=embeddings))
+        dets = msg.dets.with_columns(embeddings=embeddings)
+        if dets.quality is None:
+            dets = dets.with_columns(quality=np.zeros(len(dets), np.float32))
+        faces[id(r)] = msg.to(wire.Faces, dets=dets)
         msg.t["embed_out"] = end
         m.stage_seconds.labels(STAGE, msg.cam).observe((end - start) / 1e9)
         m.frames_total.labels(STAGE, msg.cam).inc()

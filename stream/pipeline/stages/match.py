@@ -1,5 +1,5 @@
-"""Match: names each frame's faces against the gallery, tracks faces per camera (names voted per
-track), and publishes one result per frame: reliably to the sinks (PUSH) and best-effort to
+"""Match: names each frame's faces against the gallery, tracks faces per camera (a track's name is
+shown only on faces whose own match agrees: stream/gallery/tracking.py), and publishes one result per frame: reliably to the sinks (PUSH) and best-effort to
 dashboards (results PUB, msgpack). Picks up gallery changes while running."""
 
 from __future__ import annotations
@@ -43,15 +43,20 @@ class Namer:
             threshold = self.matcher.threshold
             log.info("gallery %s: %d samples, threshold %.3f", cfg.gallery, self.matcher.size, threshold)
         self.threshold = threshold
+        self.metric = get_spec(cfg.model).metric
         self.trackers: dict[str, FaceTracker] = {}
         self._next_refresh = time.monotonic() + cfg.match.refresh_s
 
     def tracker(self, cam: str) -> FaceTracker:
-        from stream.gallery.tracking import FaceTracker
+        from stream.gallery.tracking import FaceTracker, Rules
 
         if cam not in self.trackers:
-            self.trackers[cam] = FaceTracker(cam, self.threshold)
-        return self.trackers[cam]
+            c = self.cfg.match.tracking
+            rules = Rules(**c.model_dump(exclude={"cut_change"}))
+            self.trackers[cam] = FaceTracker(cam, self.threshold, rules, self.metric)
+        tracker = self.trackers[cam]
+        tracker.threshold = self.threshold  # a recalibrated gallery: the new threshold from now on
+        return tracker
 
     def refresh(self) -> None:
         if self.matcher is None or time.monotonic() < self._next_refresh:
@@ -71,18 +76,25 @@ class Namer:
         dets = msg.dets
         emb = dets.embeddings if dets.embeddings is not None else np.zeros((len(dets), 0), np.float32)
         if self.matcher is not None and len(emb):
-            matches = self.matcher.match(emb)
+            matches = self.matcher.evidence(emb)
         else:
             matches = [Match(None, math.inf, None) for _ in range(len(emb))]
         # Track time: the video's own clock for files (pts), capture wall time for live cameras.
         t = msg.pts if msg.pts is not None else msg.wall
-        tracked, events = self.tracker(msg.cam).update(t, dets.boxes, matches)
+        tracker = self.tracker(msg.cam)
+        events = []
+        if msg.change is not None and msg.change >= self.cfg.match.tracking.cut_change:
+            events = tracker.cut(t)  # a scene cut: nobody on screen now continues a track
+        quality = dets.quality if dets.quality is not None else np.zeros(len(dets), np.float32)
+        tracked, more = tracker.update(t, dets.boxes, matches, emb if emb.shape[1] else None, quality)
         named = dets.with_columns(
             tracks=np.array([tf.track for tf in tracked], np.int32),
             names=[tf.name for tf in tracked],
+            candidates=[tf.candidate for tf in tracked],
             distances=np.array([tf.distance for tf in tracked], np.float64),
+            quality=np.asarray(quality, np.float32),
         )
-        return msg.to(wire.Result, dets=named), [e.to_dict() for e in events]
+        return msg.to(wire.Result, dets=named), [e.to_dict() for e in events + more]
 
     def end(self, cam: str, t: float) -> list[dict[str, Any]]:
         tracker = self.trackers.pop(cam, None)
