@@ -11,6 +11,7 @@ Columns, one row per face (by descending detector score):
     distances   (N,)   float64   to the nearest person (inf: none), or None  match
     quality     (N,)   float32   0..1 (stream.gallery.quality), or None     embed
     candidates  N x (str | None) each face's own nearest person, or None    match
+    unknowns    N x (str | None) the unknown identity (unknown-17) of an unknown track      match
 
 Like supervision's `Detections`: `Detections.empty()`, `len(d)`, `d[i]` / `d[a:b]` / `d[mask]` (a
 `Detections` again), `Detections.merge([...])`. The wire form (a dict of arrays) and the `run --out`
@@ -40,6 +41,7 @@ class Detections:
     distances: np.ndarray | None = None
     quality: np.ndarray | None = None
     candidates: list[str | None] | None = None
+    unknowns: list[str | None] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
@@ -73,6 +75,7 @@ class Detections:
         rows = np.arange(len(self))[index]
         names = None if self.names is None else [self.names[i] for i in rows.reshape(-1)]
         cands = None if self.candidates is None else [self.candidates[i] for i in rows.reshape(-1)]
+        unk = None if self.unknowns is None else [self.unknowns[i] for i in rows.reshape(-1)]
         return Detections(
             self.boxes[rows],
             self.scores[rows],
@@ -83,6 +86,7 @@ class Detections:
             None if self.distances is None else self.distances[rows],
             None if self.quality is None else self.quality[rows],
             cands,
+            unk,
         )
 
     def with_columns(self, **columns: object) -> Detections:
@@ -105,6 +109,7 @@ class Detections:
             if any(p.candidates is None for p in parts)
             else [n for p in parts for n in p.candidates or []]
         )
+        unk = None if any(p.unknowns is None for p in parts) else [n for p in parts for n in p.unknowns or []]
         boxes, scores, landmarks = stack("boxes"), stack("scores"), stack("landmarks")
         assert boxes is not None and scores is not None and landmarks is not None
         return Detections(
@@ -117,4 +122,5 @@ class Detections:
             stack("distances"),
             stack("quality"),
             cands,
+            unk,
         )

@@ -170,10 +170,24 @@ class TrackingConfig(_Strict):
     unknown_seconds: float = Field(1.0, ge=0)
 
 
+class UnknownsConfig(_Strict):
+    """Strangers who come back (stream/gallery/unknowns.py): tracks that end unknown with enough
+    good-quality faces join the nearest unknown identity or found a new one, in the gallery file."""
+
+    enabled: bool = True  # off: unknown faces are forgotten when their track ends
+    min_faces: int = Field(3, ge=1, le=10)  # good-quality faces a track needs to count
+    # A track's appearance within this x threshold of an unknown identity's is that identity.
+    join_ratio: float = Field(1.0, gt=0)
+    keep_faces: int = Field(3, ge=1, le=20)  # best faces (embedding, crop) stored per visit
+    returned_gap_s: float = Field(600.0, ge=0)  # unknown_returned: seen again after this long away
+    retention_days: float = Field(30.0, gt=0)  # unseen this long: deleted with its faces
+
+
 class MatchConfig(_Strict):
     threshold: float | None = None  # None: the model's default
     refresh_s: float = Field(2.0, gt=0)  # how often the gallery is checked for changes
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    unknowns: UnknownsConfig = Field(default_factory=UnknownsConfig)
 
 
 class HostsConfig(_Strict):

@@ -35,8 +35,9 @@ import numpy as np
 
 from stream.detections import Detections
 
-VERSION = 4  # 2: typed meta per kind, result faces as arrays (+ names), the capture-gone kind
+VERSION = 5  # 2: typed meta per kind, result faces as arrays (+ names), the capture-gone kind
 # 3: face quality (faces, result), candidates (result), the frame's change score; 4: eos origin
+# 5: unknowns (result): the unknown identity of each face of an unknown track
 
 
 class Kind(StrEnum):
@@ -283,6 +284,7 @@ def detections_from_wire(
     arrays: dict[str, np.ndarray],
     names: list[str | None] | None = None,
     candidates: list[str | None] | None = None,
+    unknowns: list[str | None] | None = None,
 ) -> Detections:
     """A Detections viewing the received arrays (validated by decode)."""
     return Detections(
@@ -295,6 +297,7 @@ def detections_from_wire(
         arrays.get("distances"),
         arrays.get("quality"),
         candidates,
+        unknowns,
     )
 
 
@@ -306,6 +309,7 @@ def faces_json(dets: Detections) -> list[dict[str, Any]]:
     tracks: list[Any] = dets.tracks.tolist() if dets.tracks is not None else [None] * n
     names = dets.names if dets.names is not None else [None] * n
     cands = dets.candidates if dets.candidates is not None else [None] * n
+    unknowns = dets.unknowns if dets.unknowns is not None else [None] * n
     distances = dets.distances if dets.distances is not None else np.full(n, np.inf)
     quality: list[Any] = dets.quality.tolist() if dets.quality is not None else [None] * n
     return [
@@ -316,6 +320,7 @@ def faces_json(dets: Detections) -> list[dict[str, Any]]:
             "track": None if tracks[i] is None else int(tracks[i]),
             "name": names[i],
             "candidate": cands[i] if math.isfinite(distances[i]) else None,
+            "unknown": unknowns[i],
             "distance": round(float(distances[i]), 5) if math.isfinite(distances[i]) else None,
             "quality": None if quality[i] is None or not math.isfinite(quality[i]) else round(quality[i], 3),
         }
@@ -332,6 +337,8 @@ def _meta(msg: Message) -> dict[str, Any]:
         meta["names"] = msg.dets.names if msg.dets.names is not None else [None] * len(msg.dets)
         cands = msg.dets.candidates
         meta["candidates"] = cands if cands is not None else [None] * len(msg.dets)
+        unk = msg.dets.unknowns
+        meta["unknowns"] = unk if unk is not None else [None] * len(msg.dets)
     return meta
 
 
@@ -434,8 +441,9 @@ def decode(parts: Sequence[Any]) -> Message:
     if issubclass(cls, Detected):
         names = fields_.pop("names", None)
         cands = fields_.pop("candidates", None)
+        unk = fields_.pop("unknowns", None)
         try:
-            fields_["dets"] = detections_from_wire(_kind_arrays(kind, arrays), names, cands)
+            fields_["dets"] = detections_from_wire(_kind_arrays(kind, arrays), names, cands, unk)
         except ValueError as e:  # names that disagree with the arrays on the number of faces
             raise WireError(f"{kind}: {e}") from None
     elif arrays:
@@ -475,7 +483,7 @@ _KIND_META: dict[Kind, dict[str, Any]] = {
     Kind.FRAME: _FRAME_META,
     Kind.DETS: _FRAME_META,
     Kind.FACES: _FRAME_META,
-    Kind.RESULT: {**_FRAME_META, "names": list, "candidates": list},
+    Kind.RESULT: {**_FRAME_META, "names": list, "candidates": list, "unknowns": list},
     Kind.EOS: {
         "read": int,
         "dropped": dict,
@@ -514,6 +522,8 @@ def _kind_meta(kind: Kind, meta: dict[str, Any]) -> dict[str, Any]:
         raise WireError("result: names must be strings or null")
     if kind == Kind.RESULT and not all(isinstance(x, str | None) for x in meta["candidates"]):
         raise WireError("result: candidates must be strings or null")
+    if kind == Kind.RESULT and not all(isinstance(x, str | None) for x in meta["unknowns"]):
+        raise WireError("result: unknowns must be strings or null")
     out = dict(meta)
     for key in ("fps", "pts", "change"):
         if out.get(key) is not None:

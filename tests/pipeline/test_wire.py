@@ -169,6 +169,7 @@ def named(n: int) -> Detections:
         names=[f"p{i}" if i % 2 else None for i in range(n)],
         candidates=[f"p{i}" if i != 1 else None for i in range(n)],
         distances=np.array([0.123456789, np.inf, 0.5][:n], np.float64),
+        unknowns=[None, None, "unknown-7"][:n],
     )
 
 
@@ -197,11 +198,12 @@ def test_result_round_trip_and_json_faces():
         "track": 0,
         "name": None,
         "candidate": "p0",  # its own nearest person, over the threshold or not named by its track
+        "unknown": None,
         "distance": 0.12346,
         "quality": 0.0,
     }
     assert faces[1]["distance"] is None and faces[1]["name"] == "p1" and faces[1]["candidate"] is None
-    assert faces[2]["quality"] == 1.0
+    assert faces[2]["quality"] == 1.0 and faces[2]["unknown"] == "unknown-7"
 
 
 def test_result_columns_are_checked_and_the_change_score_travels():
@@ -212,6 +214,10 @@ def test_result_columns_are_checked_and_the_change_score_travels():
     header = msgpack.unpackb(wire.encode(msg)[0])
     header["meta"]["candidates"] = ["p0"]  # one candidate for two faces
     with pytest.raises(wire.WireError, match="candidates"):
+        wire.decode([msgpack.packb(header), *wire.encode(msg)[1:]])
+    header = msgpack.unpackb(wire.encode(msg)[0])
+    header["meta"]["unknowns"] = [None, 7]  # an unknown id is a string
+    with pytest.raises(wire.WireError, match="unknowns"):
         wire.decode([msgpack.packb(header), *wire.encode(msg)[1:]])
     header["meta"]["candidates"] = [1, None]
     with pytest.raises(wire.WireError, match="candidates must be strings"):

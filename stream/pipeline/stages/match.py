@@ -21,6 +21,7 @@ from stream.pipeline.stages.base import Stage
 
 if TYPE_CHECKING:
     from stream.gallery.matcher import Matcher
+    from stream.gallery.strangers import Strangers
     from stream.gallery.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,11 @@ class Namer:
         self.threshold = threshold
         self.metric = get_spec(cfg.model).metric
         self.trackers: dict[str, FaceTracker] = {}
+        self.strangers: Strangers | None = None
+        if cfg.gallery is not None and cfg.match.unknowns.enabled:
+            from stream.gallery.strangers import Strangers
+
+            self.strangers = Strangers(cfg.gallery, cfg.model, threshold, self.metric, cfg.match.unknowns)
         self._next_refresh = time.monotonic() + cfg.match.refresh_s
 
     def tracker(self, cam: str) -> FaceTracker:
@@ -63,6 +69,8 @@ class Namer:
             return
         self._next_refresh = time.monotonic() + self.cfg.match.refresh_s
         try:
+            if self.strangers is not None:
+                self.strangers.refresh()
             if self.matcher.refresh():
                 self.threshold = self.matcher.threshold
                 log.info("gallery reloaded: %d samples", self.matcher.size)
@@ -83,22 +91,63 @@ class Namer:
         t = msg.pts if msg.pts is not None else msg.wall
         tracker = self.tracker(msg.cam)
         events = []
+        before = set(tracker.tracks)
         if msg.change is not None and msg.change >= self.cfg.match.tracking.cut_change:
             events = tracker.cut(t)  # a scene cut: nobody on screen now continues a track
         quality = dets.quality if dets.quality is not None else np.zeros(len(dets), np.float32)
         tracked, more = tracker.update(t, dets.boxes, matches, emb if emb.shape[1] else None, quality)
+        tracks = np.array([tf.track for tf in tracked], np.int32)
+        unknowns: list[str | None] = [None] * len(tracked)
+        extra: list[dict[str, Any]] = []
+        if self.strangers is not None:
+            now = msg.wall
+            unknowns, extra = self.strangers.observe(
+                msg.cam,
+                now,
+                tracks,
+                [tracker.tracks[tf.track].name is not None for tf in tracked],
+                emb,
+                quality,
+                tracker.rules.good_quality,
+                _cropper(msg.frame, dets) if isinstance(msg.frame, np.ndarray) else None,
+            )
+            extra += self.strangers.ended(msg.cam, sorted(before - set(tracker.tracks)), now)
         named = dets.with_columns(
             tracks=np.array([tf.track for tf in tracked], np.int32),
             names=[tf.name for tf in tracked],
             candidates=[tf.candidate for tf in tracked],
             distances=np.array([tf.distance for tf in tracked], np.float64),
             quality=np.asarray(quality, np.float32),
+            unknowns=[u if tf.name is None else None for u, tf in zip(unknowns, tracked, strict=True)],
         )
-        return msg.to(wire.Result, dets=named), [e.to_dict() for e in events + more]
+        return msg.to(wire.Result, dets=named), [e.to_dict() for e in events + more] + extra
 
     def end(self, cam: str, t: float) -> list[dict[str, Any]]:
         tracker = self.trackers.pop(cam, None)
-        return [e.to_dict() for e in tracker.flush(t)] if tracker is not None else []
+        events = [e.to_dict() for e in tracker.flush(t)] if tracker is not None else []
+        if self.strangers is not None:
+            events += self.strangers.end_camera(cam, time.time())
+        return events
+
+    def close(self) -> None:
+        if self.strangers is not None:
+            self.strangers.close()
+        if self.matcher is not None:
+            self.matcher.close()
+
+
+def _cropper(frame: np.ndarray, dets: Any) -> Any:
+    """crop(i) -> (JPEG, box, landmarks) of face i in the gallery's crop format (crops.py)."""
+    from stream.gallery.crops import encode_crop, make_crop
+
+    def crop(i: int) -> tuple[bytes, list[float], list[list[float]]]:
+        img, (x0, y0, scale) = make_crop(frame, dets.boxes[i])
+        o = np.array([x0, y0])
+        box = ((np.asarray(dets.boxes[i], np.float64).reshape(2, 2) - o) * scale).reshape(-1)
+        lm = (np.asarray(dets.landmarks[i], np.float64) - o) * scale
+        return encode_crop(img), [round(float(v), 2) for v in box], np.round(lm, 2).tolist()
+
+    return crop
 
 
 class Match(Stage):
@@ -106,6 +155,9 @@ class Match(Stage):
 
     def load(self) -> None:
         self.namer = Namer(self.cfg)
+
+    def close(self) -> None:
+        self.namer.close()
 
     def open(self) -> None:
         t = self.cfg.transport
