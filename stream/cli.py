@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     # (torch, onnxruntime) only inside their command functions.
     from stream import doctor, model_commands
     from stream.gallery import commands as gallery_commands
+    from stream.gallery import unknown_commands
     from stream.pipeline import commands as pipeline_commands
     from stream.web import commands as web_commands
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.register(sub)
     doctor.register(sub)
     gallery_commands.register(sub)
+    unknown_commands.register(sub)
     pipeline_commands.register(sub)
     web_commands.register(sub)
     return parser

@@ -293,7 +293,7 @@ class Unknowns:
                 best = max(set(olds) - taken, key=olds.count, default=None)
                 seen = [info[f][1] for f in members]
                 cams = sorted({info[f][2] for f in members})
-                visits = len({info[f][3] for f in members})
+                visits = len({(info[f][2], info[f][3]) for f in members})
                 if best is None:
                     best = _inserted(
                         c.execute(
