@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         ie.enroll_gallery(analyzer, enroll, gallery)
         base = gallery.read_bytes()
         timings = {}
-        for on in (False, True):
+        for on, pixels in ((False, True), (True, False), (True, True)):
             gallery.write_bytes(base)
             cfg = PipelineConfig(
                 gallery=gallery, match=MatchConfig(unknowns=UnknownsConfig(enabled=on, returned_gap_s=0))
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                         seq=i,
                         pts=t_vis + j / FPS,
                         wall=wall + t_vis + j / FPS,
-                        frame=frames[i],
+                        frame=frames[i] if pixels else None,
                         dets=ff.dets,
                         change=ff.change,
                     )
@@ -144,14 +144,18 @@ def main(argv: list[str] | None = None) -> int:
                     if e["type"] == "unknown_visit":
                         stored[k] = e["unknown"]
             namer.close()
-            timings[on] = (statistics.median(per_frame), end_s)
-            if on:
+            timings[on, pixels] = (statistics.median(per_frame), end_s)
+            if on and pixels:
                 report(visits, got, stored, gallery, args.shot)
-        off, (on_med, ends) = timings[False][0], timings[True]
+        off, (bare, bare_ends) = timings[False, True][0], timings[True, False]
+        on_med, ends = timings[True, True]
         print("\n### Cost on the match stage (Namer.name, this machine)\n")
         print("| | median per frame | per stored visit (track end, SQLite FULL sync) |")
         print("|---|---|---|")
         print(f"| clustering off | {off * 1e6:.0f} µs | - |")
+        print(
+            f"| clustering on, no pixels at match | {bare * 1e6:.0f} µs ({bare / off:.2f}x) | {statistics.median(bare_ends) * 1e3:.1f} ms median |"
+        )
         print(
             f"| clustering on | {on_med * 1e6:.0f} µs ({on_med / off:.2f}x) | {statistics.median(ends) * 1e3:.1f} ms median |"
         )

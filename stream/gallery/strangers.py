@@ -155,6 +155,8 @@ class Strangers:
             if v is None or v.named or v.good < self.cfg.min_faces or v.total is None:
                 continue
             join = v.unknown
+            if join is not None and join not in self.ids:
+                join = None  # merged or forgotten meanwhile (`facestream unknowns`): look again
             if join is None:  # the appearance may have come near an identity founded meanwhile
                 uid, d = self.nearest(v.total / v.good)
                 join = uid if d <= self.cfg.join_ratio * self.threshold else None

@@ -230,3 +230,18 @@ def test_detections_carry_unknowns_through_index_and_merge() -> None:
         unknowns=[None, "unknown-2"]
     )
     assert d[1].unknowns == ["unknown-2"] and Detections.merge([d, d]).unknowns == [None, "unknown-2"] * 2
+
+
+def test_the_match_stage_sees_changes_other_processes_make(tmp_path: Path) -> None:
+    """promote / merge / forget / cluster run in another process: the running stage reloads."""
+    db = tmp_path / "g.db"
+    live = Strangers(db, "dlib-resnet-v1", 0.6, "euclidean", UnknownsConfig())
+    other = Unknowns.open(db)
+    a = other.add_visit("dlib-resnet-v1", "door", [_face(_vec(1), time.time())], None)
+    live.refresh()
+    assert live.nearest(_vec(1).astype(np.float32))[0] == a
+    other.forget(a)
+    live.refresh()
+    assert live.nearest(_vec(1).astype(np.float32)) == (None, float("inf"))
+    other.close()
+    live.close()

@@ -48,9 +48,15 @@ class Namer:
         self.trackers: dict[str, FaceTracker] = {}
         self.strangers: Strangers | None = None
         if cfg.gallery is not None and cfg.match.unknowns.enabled:
+            import sqlite3
+
+            from stream.errors import FacestreamError
             from stream.gallery.strangers import Strangers
 
-            self.strangers = Strangers(cfg.gallery, cfg.model, threshold, self.metric, cfg.match.unknowns)
+            try:
+                self.strangers = Strangers(cfg.gallery, cfg.model, threshold, self.metric, cfg.match.unknowns)
+            except (FacestreamError, sqlite3.Error) as e:  # a read-only gallery: names still work
+                log.warning("unknown clustering off: cannot write to gallery %s (%s)", cfg.gallery, e)
         self._next_refresh = time.monotonic() + cfg.match.refresh_s
 
     def tracker(self, cam: str) -> FaceTracker:
