@@ -74,7 +74,9 @@ def test_a_stranger_who_comes_back_gets_the_same_id_and_promote_names_them(clip,
     gallery, frames, faces = clip
     db = tmp_path / "g.db"
     db.write_bytes(gallery.read_bytes())  # each test its own copy: promote writes to it
-    cfg = PipelineConfig(gallery=db, match=MatchConfig(unknowns=UnknownsConfig(returned_gap_s=1.0)))
+    cfg = PipelineConfig(
+        gallery=db, match=MatchConfig(unknowns=UnknownsConfig(enabled=True, returned_gap_s=1.0))
+    )
     second = 2 * (SHOT + GAP)
 
     namer = Namer(cfg)

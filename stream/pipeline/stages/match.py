@@ -74,9 +74,12 @@ class Namer:
         if self.matcher is None or time.monotonic() < self._next_refresh:
             return
         self._next_refresh = time.monotonic() + self.cfg.match.refresh_s
-        try:
-            if self.strangers is not None:
+        if self.strangers is not None:
+            try:  # a failure here must not keep names from updating
                 self.strangers.refresh()
+            except Exception as e:  # noqa: BLE001 - retried at the next refresh
+                log.warning("unknown identities refresh failed: %s", e)
+        try:
             if self.matcher.refresh():
                 self.threshold = self.matcher.threshold
                 log.info("gallery reloaded: %d samples", self.matcher.size)
