@@ -11,6 +11,8 @@ Columns, one row per face (by descending detector score):
     distances   (N,)   float64   to the nearest person (inf: none), or None  match
     quality     (N,)   float32   0..1 (stream.gallery.quality), or None     embed
     candidates  N x (str | None) each face's own nearest person, or None    match
+    reused      (N,)   bool      the embedding was carried over from this face in an  embed
+                                 earlier frame (not new evidence), or None: all fresh
 
 Like supervision's `Detections`: `Detections.empty()`, `len(d)`, `d[i]` / `d[a:b]` / `d[mask]` (a
 `Detections` again), `Detections.merge([...])`. The wire form (a dict of arrays) and the `run --out`
@@ -40,6 +42,7 @@ class Detections:
     distances: np.ndarray | None = None
     quality: np.ndarray | None = None
     candidates: list[str | None] | None = None
+    reused: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
@@ -83,6 +86,7 @@ class Detections:
             None if self.distances is None else self.distances[rows],
             None if self.quality is None else self.quality[rows],
             cands,
+            None if self.reused is None else self.reused[rows],
         )
 
     def with_columns(self, **columns: object) -> Detections:
@@ -117,4 +121,5 @@ class Detections:
             stack("distances"),
             stack("quality"),
             cands,
+            stack("reused"),
         )

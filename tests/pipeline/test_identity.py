@@ -38,7 +38,8 @@ def test_case(name: str, setup, analyzer) -> None:
     cfg, cast, photos = setup
     case = next(c for c in ie.cases(cast, FRAMES) if c.name == name)
     clip = ie.render(case, photos)
-    faces = ie.embed_frames(analyzer, [f for f, _ in clip])
+    # As the pipeline does by default: embeddings carried over between frames of the same face.
+    faces = ie.embed_frames(analyzer, [f for f, _ in clip], ie.follow_settings(cfg))
     truth = [t for _, t in clip]
     ours = ie.score(case, truth, ie.name_tracked(cfg, faces))
     base = ie.score(case, truth, ie.name_per_frame(cfg, faces))
@@ -62,7 +63,9 @@ def test_the_walkway_clip_names_nobody(analyzer, setup, shared_data: Path) -> No
         assert ok
         frames.append(np.ascontiguousarray(f[:, :, ::-1]))
     cap.release()
-    faces = ie.embed_frames(analyzer, frames)
+    faces = ie.embed_frames(analyzer, frames, ie.follow_settings(cfg))
+    n_faces, carried = ie.embeddings_saved(faces)
+    assert carried > 0.3 * n_faces, (carried, n_faces)  # most faces stand or walk slowly
     tracked = ie.name_tracked(cfg, faces)
     assert sum(len(f) for f in tracked) > 35
     assert ie.own_evidence_violations(tracked, 0.6) == 0

@@ -86,7 +86,9 @@ class Namer:
         if msg.change is not None and msg.change >= self.cfg.match.tracking.cut_change:
             events = tracker.cut(t)  # a scene cut: nobody on screen now continues a track
         quality = dets.quality if dets.quality is not None else np.zeros(len(dets), np.float32)
-        tracked, more = tracker.update(t, dets.boxes, matches, emb if emb.shape[1] else None, quality)
+        tracked, more = tracker.update(
+            t, dets.boxes, matches, emb if emb.shape[1] else None, quality, dets.reused
+        )
         named = dets.with_columns(
             tracks=np.array([tf.track for tf in tracked], np.int32),
             names=[tf.name for tf in tracked],
