@@ -223,6 +223,7 @@ class FrameFaces:
 
     dets: Detections
     change: float | None
+    every: np.ndarray | None = None  # every face embedded afresh (the per-frame baseline's evidence)
 
 
 def embed_frames(
@@ -253,14 +254,21 @@ def embed_frames(
             d, chips = d[keep].with_columns(quality=quality[keep]), chips[keep]
             cut = change is not None and change >= cut_change
             sources = carry.assign("clip", d.boxes, quality[keep], chips, cut)
-            fresh = [chips[i] for i, src in enumerate(sources) if isinstance(src, int)]
-            emb_fresh = analyzer.embedder.embed(np.stack(fresh)) if fresh else np.zeros((0, dim), np.float32)
-            carry.resolve(np.asarray(emb_fresh, np.float32))
-            emb = Follow.embeddings(sources, np.asarray(emb_fresh, np.float32), dim)
+            every = (
+                np.asarray(analyzer.embedder.embed(chips), np.float32)
+                if len(chips)
+                else np.zeros((0, dim), np.float32)
+            )
+            emb_fresh = every[[i for i, src in enumerate(sources) if isinstance(src, int)]]
+            carry.resolve(emb_fresh)
+            emb = Follow.embeddings(sources, emb_fresh, dim)
             reused = Follow.reused(sources)
         else:
             d, emb = d.with_columns(quality=np.zeros(0, np.float32)), np.zeros((0, dim), np.float32)
-        out.append(FrameFaces(d.with_columns(embeddings=np.asarray(emb, np.float32), reused=reused), change))
+            every = emb
+        out.append(
+            FrameFaces(d.with_columns(embeddings=np.asarray(emb, np.float32), reused=reused), change, every)
+        )
     return out
 
 
@@ -314,7 +322,7 @@ def name_per_frame(cfg: PipelineConfig, frames: Sequence[FrameFaces]) -> list[li
     matcher = Matcher(cfg.gallery, cfg.model, cfg.match.threshold)
     out = []
     for ff in frames:
-        emb = ff.dets.embeddings
+        emb = ff.every if ff.every is not None else ff.dets.embeddings
         matches = matcher.match(emb) if emb is not None and len(emb) else []
         out.append([Named(ff.dets.boxes[j], m.name, None, m.distance) for j, m in enumerate(matches)])
     matcher.close()
