@@ -69,6 +69,9 @@ class Follow:
         self.settings = settings
         self.cameras: dict[str, list[Followed]] = {}
         self._rows = 0  # fresh faces in the current batch
+        # Every face embedded in the current batch: a later frame of the batch may have let go of one
+        # that an earlier frame of it still carries, and each must get its embedding.
+        self._pending: list[Followed] = []
 
     def assign(
         self, cam: str, boxes: np.ndarray, quality: np.ndarray, chips: np.ndarray, cut: bool
@@ -110,7 +113,9 @@ class Follow:
                 now.append(f)
             else:
                 row, self._rows = self._rows, self._rows + 1
-                now.append(Followed(boxes[i].copy(), float(quality[i]), thumbs[i], row=row))
+                face = Followed(boxes[i].copy(), float(quality[i]), thumbs[i], row=row)
+                self._pending.append(face)
+                now.append(face)
                 out.append(row)
         self.cameras[cam] = now
         return out
@@ -118,13 +123,13 @@ class Follow:
     def resolve(self, fresh: np.ndarray | None) -> None:
         """The batch's fresh embeddings (rows as assigned), or None: embedding failed, forget all."""
         rows, self._rows = self._rows, 0
+        pending, self._pending = self._pending, []
         if fresh is None or len(fresh) != rows:
             self.cameras.clear()
             return
-        for faces in self.cameras.values():
-            for f in faces:
-                if f.row is not None:
-                    f.embedding, f.row = fresh[f.row].copy(), None
+        for f in pending:
+            assert f.row is not None
+            f.embedding, f.row = fresh[f.row].copy(), None
 
     @staticmethod
     def embeddings(sources: list[Followed | int], fresh: np.ndarray, dim: int) -> np.ndarray:

@@ -64,6 +64,15 @@ def test_within_a_batch_a_later_frame_takes_the_embedding_computed_for_an_earlie
     fresh = np.array([[1.0, 2.0, 3.0]], np.float32)
     follow.resolve(fresh)
     assert np.array_equal(Follow.embeddings(second, fresh, 3), fresh)
+    # A face carried by one frame of a batch and let go by the next still gets its embedding.
+    follow = Follow(FollowSettings(max_age=5))
+    a = follow.assign("cam", BOX, np.array([0.5]), np.stack([chip(0)]), False)
+    b = follow.assign("cam", BOX, np.array([0.5]), np.stack([chip(0)]), False)
+    c = follow.assign("cam", BOX + 300, np.array([0.5]), np.stack([chip(0)]), False)  # gone elsewhere
+    fresh = np.array([[4.0, 5.0, 6.0], [7.0, 8.0, 9.0]], np.float32)
+    follow.resolve(fresh)
+    assert a == [0] and c == [1]
+    assert np.array_equal(Follow.embeddings(b, fresh, 3), fresh[:1])
     # A failed embedding forgets everything: nothing can be carried from it.
     follow.assign("cam", BOX, np.array([0.5]), np.stack([chip(0)]), False)
     follow.resolve(None)
