@@ -140,6 +140,7 @@ class FollowConfig(_Strict):
 
     max_age: int = Field(5, ge=0)  # frames; every face is embedded afresh at least this often (0: off)
     min_iou: float = Field(0.5, gt=0, le=1)  # box overlap with where the face was a frame ago
+    min_quality: float = Field(0.3, ge=0, le=1)  # poorer faces are embedded in every frame
     quality_gain: float = Field(0.1, ge=0)  # a view this much better is embedded afresh
     max_chip_change: float = Field(0.06, ge=0, le=1)  # aligned chips must look this alike (0..1)
 

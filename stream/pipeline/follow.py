@@ -7,6 +7,9 @@ A face takes the embedding of a face embedded in an earlier frame of its camera 
   no jump;
 - that embedding was computed fewer than max_age frames ago: every face is embedded afresh at least
   every max_age frames;
+- it is a good face (quality >= min_quality): a poor face's every new look is new evidence, which
+  a near-threshold or blurred face needs to be named at all (the tracker asks for several agreeing
+  faces), while a good face's embedding changes little from one frame to the next;
 - its quality is not better by quality_gain or more: a better view is worth a new embedding;
 - its aligned chip looks like the chip that was embedded (grey 24 x 24 thumbnails, mean absolute
   difference <= max_chip_change): another person stepping into the same place (a hard cut that the
@@ -33,6 +36,7 @@ THUMB = 24
 class FollowSettings:
     max_age: int = 5  # frames; 0 turns following off (every face embedded in every frame)
     min_iou: float = 0.5
+    min_quality: float = 0.3
     quality_gain: float = 0.1
     max_chip_change: float = 0.06  # 0..1
 
@@ -98,6 +102,7 @@ class Follow:
             f = previous[k]
             if (
                 f.age + 1 < s.max_age
+                and quality[i] >= s.min_quality
                 and quality[i] < f.quality + s.quality_gain
                 and float(np.abs(thumbs[i] - f.thumb).mean()) / 255.0 <= s.max_chip_change
             ):

@@ -275,7 +275,7 @@ def embed_frames(
 def follow_settings(cfg: PipelineConfig) -> FollowSettings:
     """The embed stage's settings for carrying embeddings over (config embed.follow)."""
     f = cfg.embed.follow
-    return FollowSettings(f.max_age, f.min_iou, f.quality_gain, f.max_chip_change)
+    return FollowSettings(f.max_age, f.min_iou, f.min_quality, f.quality_gain, f.max_chip_change)
 
 
 def embeddings_saved(frames: Sequence[FrameFaces]) -> tuple[int, int]:

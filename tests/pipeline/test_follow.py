@@ -45,6 +45,8 @@ def test_a_move_a_better_view_another_face_or_a_cut_is_embedded_afresh():
     assert not carried(frame(follow, box=BOX + 80))  # a jump
     frame(follow)
     assert not carried(frame(follow, q=0.7))  # better by 0.2 >= quality_gain
+    frame(follow, q=0.2)
+    assert not carried(frame(follow, q=0.2))  # a poor face: every look is new evidence
     frame(follow)
     assert not carried(frame(follow, seed=1))  # someone else at the same place
     assert carried(frame(follow, seed=1))  # ... who is then followed in turn

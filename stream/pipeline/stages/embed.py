@@ -43,7 +43,9 @@ class Embed(Stage):
         w, h = self.embedder.crop_spec.size
         self.embedder.embed(np.zeros((8, h, w, 3), np.uint8))  # warm-up: first runs are slow (allocations)
         f = cfg.embed.follow
-        self.follow = Follow(FollowSettings(f.max_age, f.min_iou, f.quality_gain, f.max_chip_change))
+        self.follow = Follow(
+            FollowSettings(f.max_age, f.min_iou, f.min_quality, f.quality_gain, f.max_chip_change)
+        )
         # Only the sink needs them downstream: for the video, and for a dashboard's preview when they
         # are a ring reference (a few bytes; inline pixels are not sent on for a preview).
         self.keep_pixels = cfg.outputs.record is not None or (
