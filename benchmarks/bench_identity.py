@@ -28,6 +28,7 @@ import numpy as np
 from stream.gallery.tracking import flips_per_track
 from stream.pipeline import identity_eval as ie
 from stream.pipeline.config import PipelineConfig
+from stream.pipeline.follow import FollowSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -49,6 +50,9 @@ def read_clip(path: Path, limit: int | None) -> list[np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=None, help="frames of the 1080p clip (default: all)")
+    ap.add_argument(
+        "--follow-max-age", type=int, default=0, help="embed.follow.max_age (0: off, the default)"
+    )
     args = ap.parse_args(argv)
     from stream import doctor
     from stream.faces import FaceAnalyzer
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         boxes_only.match.tracking.appearance_ratio = 1e9
         boxes_only.match.tracking.cut_change = 1.0
         t0 = time.monotonic()
-        follow = ie.follow_settings(cfg)  # the default: embeddings carried over (embed.follow)
+        # Embeddings carried over as embed.follow.max_age N does (0: off, the default).
+        follow = FollowSettings(max_age=args.follow_max_age)
         print(
             "| case | what | wrong names (tracked / per-frame) | recall | frames to first name "
             "| switches (tracked / boxes only) | embeddings carried over |"
