@@ -72,8 +72,9 @@ def make_gallery(tmp: Path) -> Path:
     return gallery
 
 
-def stage_cpu(sup_pid: int, seen: dict[int, tuple[str, float]]) -> None:
-    """Record user+system CPU seconds of each stage process (children of the supervisor)."""
+def stage_processes(sup_pid: int) -> list[tuple[int, list[str], list[str]]]:
+    """(pid, command line, /proc stat fields after the name) of each stage process of a supervisor."""
+    out = []
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
@@ -81,12 +82,18 @@ def stage_cpu(sup_pid: int, seen: dict[int, tuple[str, float]]) -> None:
             stat = (p / "stat").read_text().rsplit(")", 1)[1].split()
             if int(stat[1]) != sup_pid:
                 continue
-            cmd = (p / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError):
+            cmd = (p / "cmdline").read_bytes().decode().split("\0")
+        except (OSError, IndexError, ValueError):
             continue
-        if b"stage" in cmd:
-            role = cmd[cmd.index(b"stage") + 1].decode()
-            seen[int(p.name)] = (role, (int(stat[11]) + int(stat[12])) / TICK)
+        if "stage" in cmd:
+            out.append((int(p.name), cmd, stat))
+    return out
+
+
+def stage_cpu(sup_pid: int, seen: dict[int, tuple[str, float]]) -> None:
+    """Record user+system CPU seconds of each stage process (children of the supervisor)."""
+    for pid, cmd, stat in stage_processes(sup_pid):
+        seen[pid] = (cmd[cmd.index("stage") + 1], (int(stat[11]) + int(stat[12])) / TICK)
 
 
 def pct(values, qs=(50, 95, 99)) -> list[float]:
