@@ -28,6 +28,7 @@ import numpy as np
 from stream.gallery.tracking import flips_per_track
 from stream.pipeline import identity_eval as ie
 from stream.pipeline.config import PipelineConfig
+from stream.pipeline.follow import FollowSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -49,6 +50,9 @@ def read_clip(path: Path, limit: int | None) -> list[np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=None, help="frames of the 1080p clip (default: all)")
+    ap.add_argument(
+        "--follow-max-age", type=int, default=0, help="embed.follow.max_age (0: off, the default)"
+    )
     args = ap.parse_args(argv)
     from stream import doctor
     from stream.faces import FaceAnalyzer
@@ -66,14 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         boxes_only.match.tracking.appearance_ratio = 1e9
         boxes_only.match.tracking.cut_change = 1.0
         t0 = time.monotonic()
+        # Embeddings carried over as embed.follow.max_age N does (0: off, the default).
+        follow = FollowSettings(max_age=args.follow_max_age)
         print(
             "| case | what | wrong names (tracked / per-frame) | recall | frames to first name "
-            "| switches (tracked / boxes only) |"
+            "| switches (tracked / boxes only) | embeddings carried over |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|")
         for case in ie.cases(cast):
             clip = ie.render(case, photos)
-            faces = ie.embed_frames(analyzer, [f for f, _ in clip])
+            faces = ie.embed_frames(analyzer, [f for f, _ in clip], follow)
+            n_faces, carried = ie.embeddings_saved(faces)
             truth = [t for _, t in clip]
             ours = ie.score(case, truth, ie.name_tracked(cfg, faces))
             base = ie.score(case, truth, ie.name_per_frame(cfg, faces))
@@ -81,13 +88,15 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {case.name} | {case.what} | {ours.wrong} / {base.wrong} | "
                 f"{ours.recall:.2f} / {base.recall:.2f} | {ours.first_name} / {base.first_name} "
-                f"| {ours.switches} / {geo.switches} |",
+                f"| {ours.switches} / {geo.switches} | {carried}/{n_faces} |",
                 flush=True,
             )
         print(f"\n(cases: {time.monotonic() - t0:.0f} s)\n")
 
         frames = read_clip(CLIP, args.frames)
-        faces = ie.embed_frames(analyzer, frames)
+        faces = ie.embed_frames(analyzer, frames, follow)
+        n_faces, carried = ie.embeddings_saved(faces)
+        print(f"shared clip, embed.follow {follow}: {carried} of {n_faces} embeddings carried over")
         threshold = float(analyzer.embedder.spec.threshold)
         tracked = ie.name_tracked(cfg, faces)
         base = ie.name_per_frame(cfg, faces)

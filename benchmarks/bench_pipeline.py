@@ -2,12 +2,16 @@
 and with --realtime, against a single-process loop with the same models. Prints markdown tables.
 
     python benchmarks/bench_pipeline.py [--clips 1080p 360p] [--min-face 20] [--threads 1] [--shm on off]
+    python benchmarks/bench_pipeline.py --baseline face_recognition [--clips 360p 1080p demo]
 
 --shm on off: each pipeline run with frames in the shared-memory rings and with pixels inline
 (transport.shm), interleaved, --repeat times each; the tables give medians over the repeats.
 
 Per-stage latencies come from the JSONL (`latency_ms`: each stage including the queue before it);
-CPU per stage from /proc (user+system seconds of each stage process, sampled while it runs)."""
+CPU per stage from /proc (user+system seconds of each stage process, sampled while it runs).
+
+--baseline face_recognition: instead, the pipeline (detect.mode full and guided, as fast as possible)
+against the face_recognition library's per-frame loop on the same clips (benchmarks/baseline_fr.py)."""
 
 from __future__ import annotations
 
@@ -68,8 +72,9 @@ def make_gallery(tmp: Path) -> Path:
     return gallery
 
 
-def stage_cpu(sup_pid: int, seen: dict[int, tuple[str, float]]) -> None:
-    """Record user+system CPU seconds of each stage process (children of the supervisor)."""
+def stage_processes(sup_pid: int) -> list[tuple[int, list[str], list[str]]]:
+    """(pid, command line, /proc stat fields after the name) of each stage process of a supervisor."""
+    out = []
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
@@ -77,12 +82,18 @@ def stage_cpu(sup_pid: int, seen: dict[int, tuple[str, float]]) -> None:
             stat = (p / "stat").read_text().rsplit(")", 1)[1].split()
             if int(stat[1]) != sup_pid:
                 continue
-            cmd = (p / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError):
+            cmd = (p / "cmdline").read_bytes().decode().split("\0")
+        except (OSError, IndexError, ValueError):
             continue
-        if b"stage" in cmd:
-            role = cmd[cmd.index(b"stage") + 1].decode()
-            seen[int(p.name)] = (role, (int(stat[11]) + int(stat[12])) / TICK)
+        if "stage" in cmd:
+            out.append((int(p.name), cmd, stat))
+    return out
+
+
+def stage_cpu(sup_pid: int, seen: dict[int, tuple[str, float]]) -> None:
+    """Record user+system CPU seconds of each stage process (children of the supervisor)."""
+    for pid, cmd, stat in stage_processes(sup_pid):
+        seen[pid] = (cmd[cmd.index("stage") + 1], (int(stat[11]) + int(stat[12])) / TICK)
 
 
 def pct(values, qs=(50, 95, 99)) -> list[float]:
@@ -121,6 +132,7 @@ def run_pipeline(clip: Path, gallery: Path, tmp: Path, realtime: bool, cfg_text:
     if proc.returncode != 0:
         raise SystemExit(f"pipeline failed ({proc.returncode}):\n{stderr[-3000:]}")
     rows = [json.loads(x) for x in out.read_text().splitlines()]
+    out.unlink()
     lat = {k: np.array([r["latency_ms"][k] for r in rows]) for k in ("detect", "embed", "match", "total")}
     first = min(r["t_capture"] for r in rows)
     per_role: dict[str, float] = {}
@@ -137,6 +149,7 @@ def run_pipeline(clip: Path, gallery: Path, tmp: Path, realtime: bool, cfg_text:
         "stages": {k: pct(lat[k], (50, 95)) for k in ("detect", "embed", "match")},
         "cpu": per_role,
         "summary": stderr[stderr.find("facestream run summary") :],
+        "rows": rows,
     }
 
 
@@ -188,9 +201,30 @@ def fmt(x: float) -> str:
     return "-" if x != x else f"{x:.0f}" if x >= 100 else f"{x:.1f}"
 
 
+def compare_baseline(args: argparse.Namespace, cfg_text) -> int:
+    import baseline_fr
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        make_gallery(tmp)  # writes subject.png: the walkway clips' enrolled photo, both sides
+        # HOG finds no face in that crop (a face turned a little): the baseline is given its box.
+        walkway = {"subject": f"{tmp / 'subject.png'}@46,56,138,168"}
+        clips = {}
+        for name in args.clips:
+            if name == "1080p":
+                clips[name] = (CLIP, walkway, None)
+            elif name == "360p":
+                clips[name] = (make_small(CLIP, tmp / "clip360.mp4"), walkway, None)
+            else:
+                clips[name] = baseline_fr.demo_clip(tmp)
+        venv_dir = args.baseline_venv or baseline_fr.default_venv()
+        baseline_fr.compare(clips, venv_dir, tmp, run_pipeline, cfg_text)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--clips", nargs="+", default=["360p", "1080p"], choices=["360p", "1080p"])
+    ap.add_argument("--clips", nargs="+", default=["360p", "1080p"], choices=["360p", "1080p", "demo"])
     ap.add_argument("--min-face", type=int, default=20, help="MTCNN min_face_size (pixels)")
     ap.add_argument("--threads", type=int, default=None, help="torch/ORT threads per stage process")
     ap.add_argument("--hwm", type=int, default=2)
@@ -198,18 +232,27 @@ def main() -> int:
     ap.add_argument("--shm", nargs="+", default=["on"], choices=["on", "off"], help="transport.shm settings")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each setting (medians reported)")
     ap.add_argument("--no-realtime", action="store_true", help="only the as-fast-as-possible runs")
+    ap.add_argument(
+        "--baseline", choices=["face_recognition"], help="compare with that library's per-frame loop"
+    )
+    ap.add_argument(
+        "--baseline-venv", type=Path, help="the baseline's venv (default: under $FACESTREAM_HOME)"
+    )
     args = ap.parse_args()
     print(doctor.header())  # the machine the figures below were measured on
     if not CLIP.is_file():
         raise SystemExit(f"{CLIP}: shared clip not found")
     threads = f"threads: {args.threads}, " if args.threads else ""
 
-    def cfg_text(shm: str) -> str:
+    def cfg_text(shm: str, mode: str = "full") -> str:
         return (
-            f"detect: {{{threads}min_face_size: {args.min_face}, max_batch: 4, max_wait_ms: 5}}\n"
+            f"detect: {{{threads}min_face_size: {args.min_face}, max_batch: 4, max_wait_ms: 5, mode: {mode}}}\n"
             f"embed: {{{threads}max_batch: 32, max_wait_ms: 2}}\n"
             f"transport: {{hwm: {args.hwm}, shm: {'true' if shm == 'on' else 'false'}}}\n"
         )
+
+    if args.baseline:
+        return compare_baseline(args, lambda mode: cfg_text(args.shm[0], mode))
 
     results = []
     with tempfile.TemporaryDirectory() as d:

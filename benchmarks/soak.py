@@ -36,7 +36,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_pipeline import CLIP, make_gallery  # noqa: E402
+from bench_pipeline import CLIP, make_gallery, stage_processes  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from stream import doctor  # noqa: E402
@@ -161,20 +161,11 @@ def quantile(q: float, cum: dict[float, float]) -> float | None:
 
 def stage_pids(sup_pid: int) -> dict[str, int]:
     """{"detect-0": pid, ...}: the supervisor's stage children, from their command lines."""
-    out = {}
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            stat = (p / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(stat[1]) != sup_pid:
-                continue
-            cmd = (p / "cmdline").read_bytes().decode().split("\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if "stage" in cmd and "--index" in cmd:
-            out[f"{cmd[cmd.index('stage') + 1]}-{cmd[cmd.index('--index') + 1]}"] = int(p.name)
-    return out
+    return {
+        f"{cmd[cmd.index('stage') + 1]}-{cmd[cmd.index('--index') + 1]}": pid
+        for pid, cmd, _ in stage_processes(sup_pid)
+        if "--index" in cmd
+    }
 
 
 def memory_mib(pid: int) -> dict[str, float]:

@@ -11,7 +11,9 @@ Columns, one row per face (by descending detector score):
     distances   (N,)   float64   to the nearest person (inf: none), or None  match
     quality     (N,)   float32   0..1 (stream.gallery.quality), or None     embed
     candidates  N x (str | None) each face's own nearest person, or None    match
-    unknowns    N x (str | None) the unknown identity (unknown-17) of an unknown track      match
+    reused      (N,)   bool      the embedding was carried over from this face in an  embed
+                                 earlier frame (not new evidence), or None: all fresh
+    unknowns    N x (str | None) the unknown identity (unknown-17) of an unknown track  match
 
 Like supervision's `Detections`: `Detections.empty()`, `len(d)`, `d[i]` / `d[a:b]` / `d[mask]` (a
 `Detections` again), `Detections.merge([...])`. The wire form (a dict of arrays) and the `run --out`
@@ -41,6 +43,7 @@ class Detections:
     distances: np.ndarray | None = None
     quality: np.ndarray | None = None
     candidates: list[str | None] | None = None
+    reused: np.ndarray | None = None
     unknowns: list[str | None] | None = None
 
     def __post_init__(self) -> None:
@@ -86,6 +89,7 @@ class Detections:
             None if self.distances is None else self.distances[rows],
             None if self.quality is None else self.quality[rows],
             cands,
+            None if self.reused is None else self.reused[rows],
             unk,
         )
 
@@ -122,5 +126,6 @@ class Detections:
             stack("distances"),
             stack("quality"),
             cands,
+            stack("reused"),
             unk,
         )

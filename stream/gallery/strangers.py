@@ -104,9 +104,12 @@ class Strangers:
         quality: np.ndarray,
         good_quality: float,
         crop: Any = None,
+        reused: np.ndarray | None = None,
     ) -> tuple[list[str | None], list[dict[str, Any]]]:
         """One frame's faces -> the unknown id to output per face, and events. `named`: the face's
-        track has a name now; `crop(i)` -> (JPEG, box, landmarks) of face i, or None without pixels."""
+        track has a name now; `crop(i)` -> (JPEG, box, landmarks) of face i, or None without pixels;
+        `reused[i]`: face i's embedding was carried over from an earlier frame (not a new look, so
+        it does not count again)."""
         self.expire(now)
         out: list[str | None] = []
         events: list[dict[str, Any]] = []
@@ -117,7 +120,9 @@ class Strangers:
                 out.append(None)
                 continue
             q = float(quality[i])
-            if emb is not None and emb.shape[1] and q >= good_quality and np.all(np.isfinite(emb[i])):
+            fresh = reused is None or not bool(reused[i])
+            good = emb is not None and emb.shape[1] and q >= good_quality
+            if fresh and good and emb is not None and np.all(np.isfinite(emb[i])):
                 e = np.asarray(emb[i], np.float64)
                 v.total = e.copy() if v.total is None else v.total + e
                 v.good += 1

@@ -237,15 +237,19 @@ class FaceTracker:
         matches: Sequence[Match],
         embeddings: np.ndarray | None = None,
         quality: np.ndarray | None = None,
+        reused: np.ndarray | None = None,
     ) -> tuple[list[TrackedFace], list[Event]]:
         """One frame's faces: boxes, each face's Match (with candidate and runner_up), embeddings
-        (for appearance; None: geometry only) and quality (None: every face votes)."""
+        (for appearance; None: geometry only), quality (None: every face votes) and which embeddings
+        were carried over from an earlier frame (stream/pipeline/follow.py: evidence already
+        counted, so no vote and no appearance update; None: all fresh)."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         n = len(boxes)
         if len(matches) != n:
             raise ValueError(f"{n} boxes but {len(matches)} matches")
         emb = None if embeddings is None or n == 0 else np.asarray(embeddings, np.float64).reshape(n, -1)
         qual = np.ones(n) if quality is None else np.asarray(quality, np.float64).reshape(n)
+        fresh = np.ones(n, bool) if reused is None else ~np.asarray(reused, bool).reshape(n)
         events: list[Event] = []
         assigned = self._associate(boxes, emb)
         seen: set[int] = set()
@@ -264,11 +268,11 @@ class FaceTracker:
             tr.box, tr.last_seen, tr.missed = box.copy(), t, 0
             tr.hits += 1
             good = qual[i] >= self.rules.good_quality
-            if good and emb is not None and emb.shape[1] and np.all(np.isfinite(emb[i])):
+            if good and fresh[i] and emb is not None and emb.shape[1] and np.all(np.isfinite(emb[i])):
                 self._learn(tr, emb[i])
             cand = self.candidate(m)
             tr.best[cand] = min(tr.best.get(cand, math.inf), float(m.distance))
-            if qual[i] >= self.rules.min_quality:
+            if qual[i] >= self.rules.min_quality and fresh[i]:
                 self._vote(tr, m, float(qual[i]))
             events.extend(self._announce(tr, t))
             agrees = tr.name is not None and cand == tr.name and self.within(m)

@@ -134,11 +134,25 @@ class DetectConfig(StageConfig):
     full_every_s: float = Field(1.0, gt=0)
 
 
+class FollowConfig(_Strict):
+    """Recognise once, then follow (stream/pipeline/follow.py): a face's embedding is carried over to
+    the same face in the next frames instead of being computed again."""
+
+    # Off by default: it saves most embeddings on clear faces, but near the threshold the tracker then
+    # waits longer for agreeing fresh faces (benchmarks/RESULTS.md, "Recognise once, then follow").
+    max_age: int = Field(0, ge=0)  # frames; every face is embedded afresh at least this often (0: off)
+    min_iou: float = Field(0.5, gt=0, le=1)  # box overlap with where the face was a frame ago
+    min_quality: float = Field(0.3, ge=0, le=1)  # poorer faces are embedded in every frame
+    quality_gain: float = Field(0.1, ge=0)  # a view this much better is embedded afresh
+    max_chip_change: float = Field(0.06, ge=0, le=1)  # aligned chips must look this alike (0..1)
+
+
 class EmbedConfig(StageConfig):
     # fp32 reproduces the reference model; int8 (where the build made one) is faster on CPU, its
     # embeddings close to fp32's (both measured: benchmarks/RESULTS.md); auto = int8 on CPU when
     # available, else fp32.
     precision: Literal["fp32", "int8", "auto"] = "fp32"
+    follow: FollowConfig = Field(default_factory=lambda: FollowConfig())
 
 
 class TrackingConfig(_Strict):

@@ -25,6 +25,7 @@ import numpy as np
 
 from stream.detections import Detections
 from stream.gallery.tracking import iou_matrix
+from stream.pipeline.follow import FollowSettings
 
 if TYPE_CHECKING:
     from stream.faces import FaceAnalyzer
@@ -222,30 +223,66 @@ class FrameFaces:
 
     dets: Detections
     change: float | None
+    every: np.ndarray | None = None  # every face embedded afresh (the per-frame baseline's evidence)
 
 
-def embed_frames(analyzer: FaceAnalyzer, frames: Sequence[np.ndarray]) -> list[FrameFaces]:
-    """Detect, score, drop non-faces and embed, like the detect and embed stages; and the change score
+def embed_frames(
+    analyzer: FaceAnalyzer,
+    frames: Sequence[np.ndarray],
+    follow: FollowSettings | None = None,
+    cut_change: float = 0.1,
+) -> list[FrameFaces]:
+    """Detect, score, drop non-faces and embed, like the detect and embed stages (with `follow`: only
+    the faces the embed stage would embed afresh, stream/pipeline/follow.py); and the change score
     like capture."""
     from stream.gallery.quality import assess_faces
+    from stream.pipeline.follow import Follow
     from stream.pipeline.scenecut import SceneChange
 
     scene = SceneChange()
+    carry = Follow(follow or FollowSettings(max_age=0))
+    dim = analyzer.embedder.dim
     out = []
     for frame in frames:
         change = scene.measure(frame)
         scene.sent()
         d = analyzer.detect([frame])[0]
-        dim = analyzer.embedder.dim
+        reused = np.zeros(0, bool)
         if len(d):
             chips = analyzer.embedder.crop(frame, d)
             quality, keep = assess_faces(d.boxes, d.scores, d.landmarks, chips)
             d, chips = d[keep].with_columns(quality=quality[keep]), chips[keep]
-            emb = analyzer.embedder.embed(chips) if len(chips) else np.zeros((0, dim), np.float32)
+            cut = change is not None and change >= cut_change
+            sources = carry.assign("clip", d.boxes, quality[keep], chips, cut)
+            every = (
+                np.asarray(analyzer.embedder.embed(chips), np.float32)
+                if len(chips)
+                else np.zeros((0, dim), np.float32)
+            )
+            emb_fresh = every[[i for i, src in enumerate(sources) if isinstance(src, int)]]
+            carry.resolve(emb_fresh)
+            emb = Follow.embeddings(sources, emb_fresh, dim)
+            reused = Follow.reused(sources)
         else:
             d, emb = d.with_columns(quality=np.zeros(0, np.float32)), np.zeros((0, dim), np.float32)
-        out.append(FrameFaces(d.with_columns(embeddings=np.asarray(emb, np.float32)), change))
+            every = emb
+        out.append(
+            FrameFaces(d.with_columns(embeddings=np.asarray(emb, np.float32), reused=reused), change, every)
+        )
     return out
+
+
+def follow_settings(cfg: PipelineConfig) -> FollowSettings:
+    """The embed stage's settings for carrying embeddings over (config embed.follow)."""
+    f = cfg.embed.follow
+    return FollowSettings(f.max_age, f.min_iou, f.min_quality, f.quality_gain, f.max_chip_change)
+
+
+def embeddings_saved(frames: Sequence[FrameFaces]) -> tuple[int, int]:
+    """(faces, embeddings carried over instead of computed)."""
+    faces = sum(len(ff.dets) for ff in frames)
+    carried = sum(int(ff.dets.reused.sum()) for ff in frames if ff.dets.reused is not None)
+    return faces, carried
 
 
 # ----- naming -------------------------------------------------------------------------------------------
@@ -285,7 +322,7 @@ def name_per_frame(cfg: PipelineConfig, frames: Sequence[FrameFaces]) -> list[li
     matcher = Matcher(cfg.gallery, cfg.model, cfg.match.threshold)
     out = []
     for ff in frames:
-        emb = ff.dets.embeddings
+        emb = ff.every if ff.every is not None else ff.dets.embeddings
         matches = matcher.match(emb) if emb is not None and len(emb) else []
         out.append([Named(ff.dets.boxes[j], m.name, None, m.distance) for j, m in enumerate(matches)])
     matcher.close()

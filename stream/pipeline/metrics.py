@@ -58,6 +58,7 @@ class Metrics:
     worker_restarts_total: Counter
     bad_messages_total: Counter
     detect_plans_total: Counter
+    embeddings_total: Counter
     auth_failures_total: Counter
 
 
@@ -120,6 +121,11 @@ def get() -> Metrics:
             ),
             bad_messages_total=Counter(
                 "facestream_bad_messages", "Messages that failed to decode or validate", ["stage"]
+            ),
+            embeddings_total=Counter(
+                "facestream_embeddings",
+                "Face embeddings: computed, or carried over from the same face a frame ago",
+                ["how"],
             ),
             detect_plans_total=Counter(
                 "facestream_detect_plans",

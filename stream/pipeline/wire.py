@@ -35,9 +35,10 @@ import numpy as np
 
 from stream.detections import Detections
 
-VERSION = 5  # 2: typed meta per kind, result faces as arrays (+ names), the capture-gone kind
-# 3: face quality (faces, result), candidates (result), the frame's change score; 4: eos origin
-# 5: unknowns (result): the unknown identity of each face of an unknown track
+VERSION = 6  # 2: typed meta per kind, result faces as arrays (+ names), the capture-gone kind
+# 3: face quality (faces, result), candidates (result), the frame's change score; 4: eos origin;
+# 5: faces say which embeddings were carried over (reused);
+# 6: unknowns (result): the unknown identity of each face of an unknown track
 
 
 class Kind(StrEnum):
@@ -252,7 +253,12 @@ _DETECTOR: dict[str, _Spec] = {
 }
 _KIND_ARRAYS: dict[Kind, dict[str, _Spec]] = {
     Kind.DETS: _DETECTOR,
-    Kind.FACES: {**_DETECTOR, "embeddings": ("float32", None), "quality": ("float32", ())},
+    Kind.FACES: {
+        **_DETECTOR,
+        "embeddings": ("float32", None),
+        "quality": ("float32", ()),
+        "reused": ("uint8", ()),
+    },
     Kind.RESULT: {
         **_DETECTOR,
         "tracks": ("int32", ()),
@@ -267,6 +273,8 @@ def detections_to_wire(dets: Detections, kind: Kind) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, (dtype, _) in _KIND_ARRAYS[kind].items():
         col = getattr(dets, name)
+        if col is None and name == "reused":  # not said: every embedding is fresh
+            col = np.zeros(len(dets), np.uint8)
         if col is None:
             if len(dets):
                 raise WireError(f"{kind}: detections without {name}")
@@ -297,6 +305,7 @@ def detections_from_wire(
         arrays.get("distances"),
         arrays.get("quality"),
         candidates,
+        None if arrays.get("reused") is None else arrays["reused"].astype(bool),
         unknowns,
     )
 

@@ -17,6 +17,7 @@ from stream.gallery.tracking import flips_per_track
 from stream.pipeline import identity_eval as ie
 from stream.pipeline import wire
 from stream.pipeline.config import MatchConfig, PipelineConfig, TrackingConfig
+from stream.pipeline.follow import FollowSettings
 from stream.pipeline.stages.match import Namer
 
 FRAMES = 30
@@ -38,7 +39,7 @@ def test_case(name: str, setup, analyzer) -> None:
     cfg, cast, photos = setup
     case = next(c for c in ie.cases(cast, FRAMES) if c.name == name)
     clip = ie.render(case, photos)
-    faces = ie.embed_frames(analyzer, [f for f, _ in clip])
+    faces = ie.embed_frames(analyzer, [f for f, _ in clip], ie.follow_settings(cfg))  # the default
     truth = [t for _, t in clip]
     ours = ie.score(case, truth, ie.name_tracked(cfg, faces))
     base = ie.score(case, truth, ie.name_per_frame(cfg, faces))
@@ -52,6 +53,21 @@ def test_case(name: str, setup, analyzer) -> None:
         assert all(x == 1 for x in ours.to_name), summary  # clear faces: named in their first frame
 
 
+@pytest.mark.parametrize("name", ["hard_cut", "crossing", "with_strangers"])
+def test_following_faces_keeps_names_right(name: str, setup, analyzer) -> None:
+    """embed.follow on: most embeddings are carried over, and still no wrong name and no switch (a
+    person replacing another at the same place is embedded afresh: the aligned face changed)."""
+    cfg, cast, photos = setup
+    case = next(c for c in ie.cases(cast, FRAMES) if c.name == name)
+    clip = ie.render(case, photos)
+    faces = ie.embed_frames(analyzer, [f for f, _ in clip], FollowSettings(max_age=5))
+    n_faces, carried = ie.embeddings_saved(faces)
+    assert carried >= 0.5 * n_faces, (carried, n_faces)
+    ours = ie.score(case, [t for _, t in clip], ie.name_tracked(cfg, faces))
+    assert ours.wrong == 0 and ours.switches == 0, (name, ours)
+    assert None not in ours.to_name, (name, ours)
+
+
 def test_the_walkway_clip_names_nobody(analyzer, setup, shared_data: Path) -> None:
     """Nobody in the walkway clip is enrolled: no name at all, none over its own threshold."""
     cfg, _, _ = setup
@@ -62,7 +78,7 @@ def test_the_walkway_clip_names_nobody(analyzer, setup, shared_data: Path) -> No
         assert ok
         frames.append(np.ascontiguousarray(f[:, :, ::-1]))
     cap.release()
-    faces = ie.embed_frames(analyzer, frames)
+    faces = ie.embed_frames(analyzer, frames, ie.follow_settings(cfg))
     tracked = ie.name_tracked(cfg, faces)
     assert sum(len(f) for f in tracked) > 35
     assert ie.own_evidence_violations(tracked, 0.6) == 0

@@ -81,8 +81,8 @@ def sample(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def children(pid: int, role: str) -> list[int]:
-    """Pids of the supervisor's stage processes running `role`."""
+def children(pid: int, role: str | None = None) -> list[int]:
+    """Pids of the supervisor's stage processes running `role` (None: every stage)."""
     out = []
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
@@ -93,7 +93,7 @@ def children(pid: int, role: str) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and b"stage" in cmd and role.encode() in cmd:
+        if ppid == pid and b"stage" in cmd and (role is None or role.encode() in cmd):
             out.append(int(p.name))
     return out
 

@@ -13,28 +13,12 @@ from pathlib import Path
 
 import cv2
 import pytest
-from test_pipeline_e2e import CLIP, start
+from test_pipeline_e2e import CLIP, children, start
 from waiting import wait_until
 
 pytestmark = pytest.mark.e2e  # every test here starts processes
 
 SHM = Path("/dev/shm")
-
-
-def stages_of(pid: int) -> list[int]:
-    """Pids of the `stream stage` processes whose parent is `pid` (a /proc scan)."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            stat = (p / "stat").read_text()
-            cmd = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"stage" in cmd:
-            out.append(int(p.name))
-    return out
 
 
 def alive(pid: int) -> bool:
@@ -57,20 +41,20 @@ def test_stages_die_with_a_killed_supervisor_and_leave_nothing(shared_data, mode
         # Every stage running and a ring written: the capture has started sending frames.
         wait_until(
             lambda: (
-                len(stages_of(proc.pid)) == 5
+                len(children(proc.pid)) == 5
                 and any(True for d in left_by(proc.pid) for _ in d.rglob("*.ring"))
             ),
             120,
             "five stages and a frame ring",
         )
-        stages = stages_of(proc.pid)
+        stages = children(proc.pid)
         assert proc.poll() is None, err.read_text()[-2000:]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         wait_until(lambda: not [p for p in stages if alive(p)], 5, "every stage to exit")
         wait_until(lambda: not left_by(proc.pid), 5, "no ring and no run directory")
     finally:
-        for p in stages_of(proc.pid):
+        for p in children(proc.pid):
             os.kill(p, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()

@@ -13,6 +13,7 @@ import zmq
 from stream.detections import Detections
 from stream.pipeline import framering, metrics, wire
 from stream.pipeline.batching import Received, take_batch
+from stream.pipeline.follow import Follow, Followed, FollowSettings
 from stream.pipeline.roles import Role
 from stream.pipeline.stages.base import Stage, Stop, send_blocking, set_threads, stage_threads
 
@@ -41,6 +42,10 @@ class Embed(Stage):
         )
         w, h = self.embedder.crop_spec.size
         self.embedder.embed(np.zeros((8, h, w, 3), np.uint8))  # warm-up: first runs are slow (allocations)
+        f = cfg.embed.follow
+        self.follow = Follow(
+            FollowSettings(f.max_age, f.min_iou, f.min_quality, f.quality_gain, f.max_chip_change)
+        )
         # Only the sink needs them downstream: for the video, and for a dashboard's preview when they
         # are a ring reference (a few bytes; inline pixels are not sent on for a preview).
         self.keep_pixels = cfg.outputs.record is not None or (
@@ -54,7 +59,17 @@ class Embed(Stage):
         e = self.cfg.embed
         batch = take_batch(self.inp, self.role, e.max_batch, e.max_wait_ms, weigh=faces_in, trust=self.trust)
         if batch:
-            process(batch, self.embedder, self.out, self.m, self.stop, self.keep_pixels, self.pixels)
+            process(
+                batch,
+                self.embedder,
+                self.out,
+                self.m,
+                self.stop,
+                self.keep_pixels,
+                self.pixels,
+                self.follow,
+                self.cfg.match.tracking.cut_change,
+            )
 
 
 def with_quality(msg: wire.Dets, chips: np.ndarray, m: metrics.Metrics) -> tuple[Detections, np.ndarray]:
@@ -78,7 +93,10 @@ def process(
     stop: Stop,
     keep_pixels: bool,
     pixels: framering.StagePixels | None = None,
+    follow: Follow | None = None,
+    cut_change: float = 1.0,
 ) -> None:
+    follow = follow or Follow(FollowSettings(max_age=0))
     # Ring frames: crops are cut from the slot in place (load) and kept only if the slot still held the
     # frame afterwards (check); the chips are copies, so nothing here holds the slot across batches.
     dropped = set()
@@ -88,9 +106,8 @@ def process(
                 dropped.add(id(r))
     frames = [(r, r.msg) for r in batch if isinstance(r.msg, wire.Dets) and id(r) not in dropped]
     start = time.monotonic_ns()
-    chips: list[np.ndarray | None] = []
-    counts: list[int] = []
-    kept: list[tuple[Received, wire.Dets]] = []
+    fresh_chips: list[np.ndarray] = []
+    kept: list[tuple[Received, wire.Dets, list[Followed | int]]] = []
     for r, msg in frames:
         msg.t["embed_in"] = r.at_ns
         if "detect_out" in msg.t:
@@ -106,33 +123,37 @@ def process(
             if pixels is not None and not pixels.check(msg):
                 dropped.add(id(r))
                 continue
+        sources: list[Followed | int] = []
         if c is None or len(c) != n:
-            c = None
             msg.dets = msg.dets[:0]  # keep the frame, forget its faces (not aligned)
         else:
             msg.dets, c = with_quality(msg, c, m)
-        kept.append((r, msg))
-        chips.append(c)
-        counts.append(0 if c is None else len(c))
-    total = sum(counts)
+            cut = msg.change is not None and msg.change >= cut_change
+            sources = follow.assign(msg.cam, msg.dets.boxes, msg.dets.quality, c, cut)  # type: ignore[arg-type]
+            fresh_chips += [c[i] for i, src in enumerate(sources) if isinstance(src, int)]
+        kept.append((r, msg, sources))
     emb = np.zeros((0, embedder.dim), np.float32)
-    if total:
-        m.batch_size.labels(STAGE).observe(total)
-        try:
-            emb = embedder.embed(np.concatenate([c for c in chips if c is not None]))
-        except Exception as e:  # noqa: BLE001 - report, pass the frames on without faces
-            log.warning("embedding a batch of %d faces failed: %s", total, e)
-            counts = [0] * len(kept)
-            for _, msg in kept:
-                msg.dets = msg.dets[:0]
-                msg.error = "embedding failed"
+    faces_total = sum(len(src) for _, _, src in kept)
+    if faces_total:
+        m.batch_size.labels(STAGE).observe(len(fresh_chips))
+        m.embeddings_total.labels("computed").inc(len(fresh_chips))
+        m.embeddings_total.labels("carried").inc(faces_total - len(fresh_chips))
+    try:
+        if fresh_chips:
+            emb = embedder.embed(np.stack(fresh_chips))
+        follow.resolve(emb)
+    except Exception as e:  # noqa: BLE001 - report, pass the frames on without faces
+        log.warning("embedding a batch of %d faces failed: %s", len(fresh_chips), e)
+        follow.resolve(None)
+        for i, (r, msg, _) in enumerate(kept):
+            msg.dets, msg.error = msg.dets[:0], "embedding failed"
+            kept[i] = (r, msg, [])
     end = time.monotonic_ns()
-    at = 0
     faces: dict[int, wire.Faces] = {}
-    for (r, msg), n in zip(kept, counts, strict=True):
-        embeddings = np.ascontiguousarray(emb[at : at + n], np.float32)
-        at += n
-        dets = msg.dets.with_columns(embeddings=embeddings)
+    for r, msg, sources in kept:
+        dets = msg.dets.with_columns(
+            embeddings=Follow.embeddings(sources, emb, embedder.dim), reused=Follow.reused(sources)
+        )
         if dets.quality is None:
             dets = dets.with_columns(quality=np.zeros(len(dets), np.float32))
         faces[id(r)] = msg.to(wire.Faces, dets=dets)

@@ -104,7 +104,9 @@ class Namer:
         if msg.change is not None and msg.change >= self.cfg.match.tracking.cut_change:
             events = tracker.cut(t)  # a scene cut: nobody on screen now continues a track
         quality = dets.quality if dets.quality is not None else np.zeros(len(dets), np.float32)
-        tracked, more = tracker.update(t, dets.boxes, matches, emb if emb.shape[1] else None, quality)
+        tracked, more = tracker.update(
+            t, dets.boxes, matches, emb if emb.shape[1] else None, quality, dets.reused
+        )
         tracks = np.array([tf.track for tf in tracked], np.int32)
         unknowns: list[str | None] = [None] * len(tracked)
         extra: list[dict[str, Any]] = []
@@ -119,10 +121,11 @@ class Namer:
                 quality,
                 tracker.rules.good_quality,
                 _cropper(msg.frame, dets) if isinstance(msg.frame, np.ndarray) else None,
+                dets.reused,
             )
             extra += self.strangers.ended(msg.cam, sorted(before - set(tracker.tracks)), now)
         named = dets.with_columns(
-            tracks=np.array([tf.track for tf in tracked], np.int32),
+            tracks=tracks,
             names=[tf.name for tf in tracked],
             candidates=[tf.candidate for tf in tracked],
             distances=np.array([tf.distance for tf in tracked], np.float64),
