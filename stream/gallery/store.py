@@ -161,12 +161,6 @@ class PersonInfo:
     created: float
 
 
-def _looks_like_sqlite(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(16)
-    return head == b"SQLite format 3\x00"
-
-
 @contextlib.contextmanager
 def _private_umask() -> Iterator[None]:
     # sqlite creates -wal/-shm itself; with umask 077 they cannot come out group/world readable.
@@ -205,24 +199,43 @@ class Gallery:
                 pass  # another process created it a moment ago; open it as an existing file
             except OSError as e:
                 raise FacestreamError(f"cannot create gallery {path}: {e.strerror}") from None
-        elif path.stat().st_size > 0 and not _looks_like_sqlite(path):
-            raise FacestreamError(f"{path} is not a facestream gallery")
+        # The file is never opened here other than through SQLite, not even to peek at its header:
+        # closing any descriptor of a file drops every POSIX lock this process holds on it, so a
+        # peek would silently unlock a connection this process already has open (the matcher, when
+        # the match stage opens the gallery again for unknown identities). Another process's
+        # connection, closing, then takes itself for the last one, checkpoints and deletes the WAL
+        # under ours: "database disk image is malformed" (tests/gallery/test_gallery_processes.py).
         with _private_umask():
             try:
                 conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+            except sqlite3.Error as e:
+                raise FacestreamError(f"cannot open gallery {path} ({e})") from None
+            try:
                 conn.execute("PRAGMA foreign_keys = ON")
                 conn.execute("PRAGMA busy_timeout = 10000")
                 if created or path.stat().st_size == 0:
                     os.chmod(path, 0o600)  # an empty file someone else made: private before data lands
                     cls._init_schema(conn, path)
+                elif conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                    # Read by SQLite (a file that is no database fails here): nothing is written
+                    # to another program's file, not even the journal mode.
+                    raise FacestreamError(f"{path} is not a facestream gallery")
                 # Touching the WAL here (inside the umask) creates -wal/-shm privately.
                 conn.execute("PRAGMA journal_mode = WAL")
                 # FULL: a committed enrollment survives power loss too, not only a killed process.
                 conn.execute("PRAGMA synchronous = FULL")
             except sqlite3.DatabaseError as e:
+                conn.close()
                 raise FacestreamError(f"{path} is not a facestream gallery ({e})") from None
+            except BaseException:
+                conn.close()
+                raise
         gallery = cls(path, conn)
-        gallery._check_schema()
+        try:
+            gallery._check_schema()
+        except BaseException:
+            conn.close()
+            raise
         return gallery
 
     @staticmethod
