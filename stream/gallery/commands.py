@@ -1,4 +1,4 @@
-"""CLI: `enroll`, `gallery list|remove|rename|rebuild`, `identify`, `verify`, `eval`.
+"""CLI: `enroll`, `gallery list|remove|rename|rebuild|reject`, `identify`, `verify`, `eval`.
 
 Heavy imports (onnxruntime, torch via the detector) happen inside the command functions so that
 `facestream --help` stays fast. Bad input raises FacestreamError: one line, exit 2."""
@@ -72,6 +72,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gn.add_argument("old")
     gn.add_argument("new")
     gn.set_defaults(func=cmd_gallery_rename)
+    gj = gs.add_parser(
+        "reject",
+        help="not this person: a face (a crop or photo file, or an unknown id) is never named NAME again",
+    )
+    gj.add_argument("name")
+    gj.add_argument("face", metavar="CROP_OR_ID", help="a face crop or photo, or unknown-17")
+    gj.add_argument("--model", default=None, help=model_help)
+    gj.add_argument("--largest", action="store_true", help="a photo with several faces: the largest")
+    gj.set_defaults(func=cmd_gallery_reject)
     gb = gs.add_parser("rebuild", help="re-embed every sample from its stored crop with a model")
     gb.add_argument("--model", required=True, help="model to embed with")
     gb.set_defaults(func=cmd_gallery_rebuild)
@@ -238,6 +247,49 @@ def cmd_gallery_rename(args: argparse.Namespace) -> int:
         g.rename_person(args.old, args.new)
     print(f"renamed {args.old} -> {args.new}")
     return 0
+
+
+def cmd_gallery_reject(args: argparse.Namespace) -> int:
+    from stream.gallery import rejections
+    from stream.gallery.store import Gallery
+
+    model = args.model or _default_model()
+    with Gallery.open(args.gallery) as g:
+        if g.person_id(args.name) is None:
+            raise FacestreamError(f"no person named {args.name!r} in gallery {args.gallery}")
+        faces, source = _rejected_faces(g, args.face, model, args.largest)
+        n = rejections.add(g, args.name, model, faces, source)
+    print(f"rejected {n} face(s) of {source} as {args.name} ({model})")
+    return 0
+
+
+def _rejected_faces(
+    g: Gallery, face: str, model: str, largest: bool
+) -> tuple[list[tuple[np.ndarray, bytes | None]], str]:
+    """(embedding, crop) of the faces a `reject` names: an unknown identity's stored faces, or the
+    face of a crop or photo file (embedded like an enrollment photo, without its quality gate: the
+    face that was taken for someone may well be a poor one)."""
+    from stream.gallery.crops import encode_crop, make_crop
+    from stream.gallery.enroll import pick_face
+    from stream.gallery.unknowns import Unknowns, parse_label
+    from stream.imageio import load_image
+
+    path = Path(face)
+    if not path.is_file():
+        try:
+            uid = parse_label(face)
+        except FacestreamError:
+            raise FacestreamError(
+                f"{face!r} is neither an image file nor an unknown id (unknown-17)"
+            ) from None
+        samples = Unknowns(g).samples(uid, model)
+        if not samples:
+            raise FacestreamError(f"{face} has no faces embedded with {model}")
+        return samples, face
+    frame = load_image(path)
+    picked = pick_face(_analyzer(model).analyze([frame])[0], path, largest, force=True)
+    crop, _ = make_crop(frame, picked.box)
+    return [(picked.embedding, encode_crop(crop))], path.name
 
 
 def cmd_gallery_rebuild(args: argparse.Namespace) -> int:

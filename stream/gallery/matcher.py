@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stream.errors import FacestreamError
+from stream.gallery import rejections
 from stream.gallery.search import KERNELS, Bf16Search, Int8Search, choose_kernel
 from stream.gallery.store import Gallery
 
@@ -222,6 +223,7 @@ class Matcher:
         self._generation = -1
         self.index = SampleIndex(np.zeros((0, max(self.spec.dim, 1)), np.float32), np.zeros(0), self.metric)
         self.names: dict[int, str] = {}
+        self.rejected: dict[int, np.ndarray] = {}  # person id -> faces that are not them
         self.refresh()
         self._check_model()
 
@@ -264,6 +266,7 @@ class Matcher:
             vectors = np.zeros((0, max(self.spec.dim, 1)), np.float32)
         self.index = SampleIndex(vectors, person_ids, self.metric)
         self.names = names
+        self.rejected = rejections.vectors(self.gallery.conn, self.model)
         self.threshold = self._pick_threshold()
         self._generation = gen
         return True
@@ -278,10 +281,31 @@ class Matcher:
             return [Match(None, float("inf"), None) for _ in range(len(emb))]
         if k <= 1:
             idx, dist = self.index.nearest(emb)
-            return [
+            out = [
                 self._decide(int(self.index.person_ids[i]), float(d)) for i, d in zip(idx, dist, strict=True)
             ]
-        return [self._knn_vote(row, k) for row in self.index.distances(emb)]
+        else:
+            out = [self._knn_vote(row, k) for row in self.index.distances(emb)]
+        return self._veto(emb, out)
+
+    def _veto(self, emb: np.ndarray, matches: list[Match]) -> list[Match]:
+        """A face nearer to one of its candidate's rejected faces (`gallery reject`) than to any of
+        the candidate's own samples is nobody: no name and no candidate, so that neither this face
+        nor the tracker's agreement over frames names it that person."""
+        if not self.rejected:
+            return matches
+        from stream.gallery.tracking import embedding_distances
+
+        ids = {name: pid for pid, name in self.names.items()}
+        out = []
+        for row, m in zip(emb, matches, strict=True):
+            cand = m.candidate if m.candidate is not None else m.name
+            neg = self.rejected.get(ids[cand]) if cand is not None and cand in ids else None
+            if neg is not None and neg.shape[1] == row.shape[0]:
+                if float(embedding_distances(row.reshape(1, -1), neg, self.metric).min()) < m.distance:
+                    m = Match(None, float("inf"), None)
+            out.append(m)
+        return out
 
     def _decide(self, pid: int, distance: float) -> Match:
         if distance <= self.threshold:
@@ -317,7 +341,7 @@ class Matcher:
             best = self._decide(pid, row[0].distance)
             best.runner_up = row[1].distance if len(row) > 1 else float("inf")
             out.append(best)
-        return out
+        return self._veto(emb, out)
 
     def top_k(self, embeddings: np.ndarray, k: int) -> list[list[Match]]:
         """The k nearest enrolled people per row, nearest first (a candidate list): named whether or

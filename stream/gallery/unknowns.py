@@ -161,6 +161,15 @@ class Unknowns:
         vecs = np.stack([decode_vector(r[3], r[2]) for r in rows])
         return np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64), vecs
 
+    def samples(self, uid: int, model: str) -> list[tuple[np.ndarray, bytes | None]]:
+        """(embedding, crop or None) of the identity's faces of one model."""
+        self.get(uid)
+        rows = self.conn.execute(
+            "SELECT dim, vector, crop FROM unknown_faces WHERE unknown_id = ? AND model = ? ORDER BY id",
+            (uid, model),
+        ).fetchall()
+        return [(decode_vector(v, d), None if c is None else bytes(c)) for d, v, c in rows]
+
     def centroids(self, model: str) -> tuple[np.ndarray, np.ndarray]:
         """(unknown ids, mean embedding of each) for one model."""
         _, owners, vecs = self.faces(model)
