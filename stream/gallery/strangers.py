@@ -8,9 +8,9 @@ output with the id (`unknown_returned` when the identity was last seen `returned
 more). When the track ends it is stored as one visit of that identity, or founds a new one
 (`unknown_visit` says which). A track that got a name at any point is never stored.
 
-Only the `keep_faces` best faces of a visit are kept, with a crop where the frame's pixels reached the
-match stage (a crop is cut only when a face enters the best few, so its cost is a handful of small
-JPEG encodes per track)."""
+Only the `keep_faces` best faces of a visit are kept, and the `max_faces` best of an identity, with a
+crop where the frame's pixels reached the match stage (a crop is cut only when a face enters the best
+few, so its cost is a handful of small JPEG encodes per track)."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ class Strangers:
             if join is None:  # the appearance may have come near an identity founded meanwhile
                 uid, d = self.nearest(v.total / v.good)
                 join = uid if d <= self.cfg.join_ratio * self.threshold else None
-            uid = self.store.add_visit(self.model, cam, v.best, join)
+            uid = self.store.add_visit(self.model, cam, v.best, join, keep=self.cfg.max_faces)
             self._learn(uid, v.best)
             self.last_seen[uid] = max(self.last_seen.get(uid, 0.0), max(f.seen for f in v.best), now)
             events.append(self._event("unknown_visit", cam, tid, uid, new=join is None or join != uid))
@@ -177,18 +177,25 @@ class Strangers:
     def _learn(self, uid: int, faces: list[Face]) -> None:
         """The in-memory appearance of `uid` takes the new faces (the same mean the store computes)."""
         vecs = np.stack([f.embedding for f in faces]).astype(np.float64)
-        n_new = len(vecs)
+        n = self.counts.get(uid, 0)
+        if n + len(vecs) > self.cfg.max_faces:  # the store kept the best max_faces: their mean
+            _, _, kept = self.store.faces(self.model, uid)
+            mean, total = kept.astype(np.float64).mean(axis=0), len(kept)
+        else:
+            mean = (
+                (self.means[self.ids == uid][0] * n + vecs.sum(axis=0)) / (n + len(vecs))
+                if n
+                else vecs.mean(0)
+            )
+            total = n + len(vecs)
         hit = np.nonzero(self.ids == uid)[0]
         if len(hit):
-            k = int(hit[0])
-            n = self.counts.get(uid, 0)
-            self.means[k] = (self.means[k] * n + vecs.sum(axis=0)) / (n + n_new)
-            self.counts[uid] = n + n_new
+            self.means[int(hit[0])] = mean
         else:
-            mean = vecs.mean(axis=0, keepdims=True).astype(np.float32)
-            self.means = mean if not len(self.ids) else np.vstack([self.means, mean])
+            row = mean.reshape(1, -1).astype(np.float32)
+            self.means = row if not len(self.ids) else np.vstack([self.means, row])
             self.ids = np.append(self.ids, uid)
-            self.counts[uid] = n_new
+        self.counts[uid] = total
 
     def _event(self, kind: str, cam: str, tid: int, uid: int, **extra: Any) -> dict[str, Any]:
         return {"type": kind, "camera": cam, "track": tid, "name": None, "unknown": label(uid), **extra}

@@ -5,7 +5,7 @@ Tables (created on first use; older readers of the gallery never look at them):
                  first/last seen (wall clock), visits, cameras (JSON list)
   unknown_faces  the good-quality faces that made it: per model embedding, quality, when, which
                  camera and visit, and the face's crop (stream.gallery.crops) where the match stage
-                 had the pixels
+                 had the pixels; at most `match.unknowns.max_faces` per identity and model (the best)
 
 An identity's appearance is the mean of its faces' embeddings for the model. The file keeps the
 gallery's 0600 mode (Gallery.open); the triggers that make a running Matcher reload do not fire
@@ -190,8 +190,11 @@ class Unknowns:
         return [(bytes(c), json.loads(b), json.loads(lm), float(q)) for c, b, lm, q in rows]
 
     # ----- writing -----------------------------------------------------------------------------
-    def add_visit(self, model: str, camera: str, faces: list[Face], join: int | None) -> int:
-        """Stores one visit (a track's faces) into `join`, or into a new identity; returns its id."""
+    def add_visit(
+        self, model: str, camera: str, faces: list[Face], join: int | None, keep: int | None = None
+    ) -> int:
+        """Stores one visit (a track's faces) into `join`, or into a new identity; returns its id.
+        `keep`: the identity keeps at most this many faces of the model, the best (then the newest)."""
         if not faces:
             raise ValueError("a visit needs faces")
         first = min(f.seen for f in faces)
@@ -240,6 +243,13 @@ class Unknowns:
                         None if f.box is None else json.dumps(f.box),
                         None if f.landmarks is None else json.dumps(f.landmarks),
                     ),
+                )
+            if keep is not None:
+                c.execute(
+                    """DELETE FROM unknown_faces WHERE id IN (
+                           SELECT id FROM unknown_faces WHERE unknown_id = ? AND model = ?
+                           ORDER BY quality DESC, seen DESC, id DESC LIMIT -1 OFFSET ?)""",
+                    (uid, model, int(keep)),
                 )
         return uid
 

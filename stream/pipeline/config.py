@@ -188,13 +188,17 @@ class UnknownsConfig(_Strict):
     """Strangers who come back (stream/gallery/unknowns.py): tracks that end unknown with enough
     good-quality faces join the nearest unknown identity or found a new one, in the gallery file."""
 
-    # Off by default for now: with the web app enrolling into the same gallery file, the live
-    # chromium test (tests/web/test_live_e2e.py) saw "database disk image is malformed" (to be found).
-    enabled: bool = False  # off: unknown faces are forgotten when their track ends
+    # On by default: the cost at the match stage is small beside a frame's detect and embed
+    # (benchmarks/RESULTS.md, "Strangers who come back"); off: unknown faces are forgotten when their
+    # track ends and nothing of them is written.
+    enabled: bool = True
     min_faces: int = Field(3, ge=1, le=10)  # good-quality faces a track needs to count
     # A track's appearance within this x threshold of an unknown identity's is that identity.
     join_ratio: float = Field(1.0, gt=0)
     keep_faces: int = Field(3, ge=1, le=20)  # best faces (embedding, crop) stored per visit
+    # An identity keeps at most this many faces (the best): what a regular visitor leaves stays
+    # bounded, and its appearance is the mean of its best faces.
+    max_faces: int = Field(30, ge=1, le=1000)
     returned_gap_s: float = Field(600.0, ge=0)  # unknown_returned: seen again after this long away
     retention_days: float = Field(30.0, gt=0)  # unseen this long: deleted with its faces
 

@@ -247,3 +247,29 @@ def test_the_match_stage_sees_changes_other_processes_make(tmp_path: Path) -> No
     assert live.nearest(_vec(1).astype(np.float32)) == (None, float("inf"))
     other.close()
     live.close()
+
+
+def test_an_identity_keeps_at_most_max_faces_the_best(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    cfg = UnknownsConfig(min_faces=1, keep_faces=3, max_faces=5)
+    live = Strangers(db, "dlib-resnet-v1", 0.6, "euclidean", cfg)
+    rng = np.random.default_rng(0)
+    person = _vec(1)
+    qualities = [0.5, 0.9, 0.6, 0.95, 0.7, 0.55, 0.8, 0.65, 0.85]
+    for visit in range(3):  # three visits of three faces, each visit one track
+        tracks = np.array([visit], np.int32)
+        for j in range(3):
+            q = qualities[3 * visit + j]
+            emb = (person + rng.normal(0, 0.01, 128)).astype(np.float32)[None]
+            live.observe("door", 100.0 * visit + j, tracks, [False], emb, np.array([q], np.float32), 0.3)
+        live.ended("door", [visit], 100.0 * visit + 5)
+    [info] = live.store.all()
+    assert info.visits == 3 and info.faces == 5  # nine stored, capped at five
+    kept = [r[0] for r in live.store.conn.execute("SELECT quality FROM unknown_faces ORDER BY quality DESC")]
+    assert kept == pytest.approx(sorted(qualities, reverse=True)[:5])
+    # The running stage's appearance is the mean of the faces kept, as after a restart.
+    ids, means = live.store.centroids("dlib-resnet-v1")
+    assert live.counts[info.id] == 5 and np.allclose(live.means[live.ids == info.id], means[ids == info.id])
+    for suffix in ("", "-wal", "-shm"):  # the unknown faces live in the gallery file, private like it
+        assert Path(f"{db}{suffix}").stat().st_mode & 0o777 == 0o600
+    live.close()
