@@ -219,6 +219,9 @@ def test_the_page_in_chromium(run: Run, browser: Any, shared_data: Path, tmp_pat
     # The live picture shows a named face (from the preview's faces, drawn and listed under it).
     expect(page.locator(".camera .faces .known", has_text="obama").first).to_be_visible(timeout=120_000)
     expect(page.locator("#people .person .name", has_text="obama")).to_be_visible()
+    # biden, not enrolled yet, came and went: at his next appearance he is a stranger seen before,
+    # shown with his unknown id (match.unknowns is on by default).
+    expect(page.locator(".camera .faces .unknown", has_text="unknown-").first).to_be_visible(timeout=60_000)
     # Without the token, enrolling is refused with the API's one line; nothing is stored.
     biden = shared_data / "faces" / "face_recognition" / "knn_examples" / "train" / "biden" / "biden.jpg"
     page.fill("#enroll-name", "biden")

@@ -73,7 +73,7 @@ function camera(name) {
 }
 
 function label(f) {
-  const who = f.name || "unknown";
+  const who = f.name || f.unknown || "unknown"; // a stranger seen before: their unknown-N id
   const extra = [f.distance != null ? f.distance.toFixed(2) : null, f.quality != null ? `q ${(+f.quality).toFixed(2)}` : null,
     f.track != null ? `#${f.track}` : null].filter(Boolean).join(" ");
   return `${who} ${extra}`;
@@ -172,7 +172,7 @@ function onEvent(ev) {
   const when = new Date(1000 * (e.time || e.received || Date.now() / 1000));
   const li = el("li", {}, faceCrop(e), el("span", {className: "muted", textContent: when.toLocaleTimeString()}),
     el("span", {textContent: e.camera}), el("span", {textContent: e.type}),
-    el("span", {className: e.name ? "known" : "", textContent: e.name || (e.reason || e.error || "")}));
+    el("span", {className: e.name ? "known" : "", textContent: e.name || e.unknown || e.reason || e.error || ""}));
   li.dataset.camera = e.camera || "";
   li.dataset.name = e.name || "";
   filterOne(li);
