@@ -5,6 +5,7 @@ the next appearance."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -184,6 +185,15 @@ def test_bad_ids_are_one_line_errors(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1, (argv, err)
     assert main([*g, "merge", f"unknown-{a}", f"unknown-{b}"]) == 0
+    assert capsys.readouterr().out.strip() == f"merged unknown-{b} into unknown-{a}"
+    assert main([*g, "show", f"unknown-{a}"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["id"], shown["visits"], shown["faces"], shown["cameras"]) == (
+        f"unknown-{a}",
+        2,
+        2,
+        ["door"],
+    )
     assert main([*g, "forget", f"unknown-{a}"]) == 0
     capsys.readouterr()
     assert main([*g, "forget", f"unknown-{a}"]) == 2  # forgotten for good
@@ -272,4 +282,25 @@ def test_an_identity_keeps_at_most_max_faces_the_best(tmp_path: Path) -> None:
     assert live.counts[info.id] == 5 and np.allclose(live.means[live.ids == info.id], means[ids == info.id])
     for suffix in ("", "-wal", "-shm"):  # the unknown faces live in the gallery file, private like it
         assert Path(f"{db}{suffix}").stat().st_mode & 0o777 == 0o600
+    live.close()
+
+
+def test_a_stranger_is_matched_across_cameras(tmp_path: Path) -> None:
+    """All cameras share the identities: a visit at the door, then the same face in the yard."""
+    live = Strangers(tmp_path / "g.db", "dlib-resnet-v1", 0.6, "euclidean", UnknownsConfig(min_faces=2))
+    person, other = _vec(1), _vec(2)
+    q = np.array([0.9], np.float32)
+    for j in range(3):
+        live.observe(
+            "door", float(j), np.array([1], np.int32), [False], person[None].astype(np.float32), q, 0.3
+        )
+    [visit] = live.ended("door", [1], 5.0)
+    ids = []
+    for j, vec in enumerate([person, person, other, other]):
+        cam_track = np.array([7 if j < 2 else 8], np.int32)
+        out, _ = live.observe("yard", 10.0 + j, cam_track, [False], vec[None].astype(np.float32), q, 0.3)
+        ids += out
+    assert visit["new"] and ids == [None, visit["unknown"], None, None]  # from min_faces on; not the other
+    live.end_camera("yard", 20.0)
+    assert live.store.get(int(visit["unknown"].split("-")[1])).cameras == ["door", "yard"]
     live.close()
