@@ -848,8 +848,10 @@ def test_k8s_pods_run_the_pipeline_and_survive_a_pod_restart(
                 "127.0.0.1 localhost\n" + "".join(f"{aliases.get(n, a)} {n}\n" for n, a in dns.items())
             )
             for init in spec.get("initContainers", []):
-                argv = [local(a) for a in init["command"]]
-                argv[0] = sys.executable if argv[0] == "python" else argv[0]
+                if "command" in init:
+                    argv = [local(a) for a in init["command"]]
+                else:  # the image's entrypoint: facestream
+                    argv = [sys.executable, "-m", "stream", *map(local, init["args"])]
                 subprocess.run(argv, check=True, env=env, timeout=120, capture_output=True)
             (c,) = spec["containers"]
             commands[name] = in_netns(

@@ -1,4 +1,4 @@
-"""CLI: `enroll`, `gallery list|remove|rename|rebuild|reject`, `identify`, `verify`, `eval`.
+"""CLI: `enroll`, `gallery init|list|remove|rename|rebuild|reject`, `identify`, `verify`, `eval`.
 
 Heavy imports (onnxruntime, torch via the detector) happen inside the command functions so that
 `facestream --help` stays fast. Bad input raises FacestreamError: one line, exit 2."""
@@ -62,6 +62,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.add_argument("--gallery", required=True, type=Path, help="gallery file")
     gs = g.add_subparsers(dest="gallery_command", metavar="ACTION")
     gs.required = True
+    gi = gs.add_parser("init", help="create an empty gallery (nothing changes if it exists)")
+    gi.set_defaults(func=cmd_gallery_init)
     gl = gs.add_parser("list", help="people, sample counts, models")
     gl.add_argument("--json", action="store_true")
     gl.set_defaults(func=cmd_gallery_list)
@@ -204,6 +206,18 @@ def _analyzer(model: str | None) -> FaceAnalyzer:
 
 
 # ----- gallery --------------------------------------------------------------------------------
+def cmd_gallery_init(args: argparse.Namespace) -> int:
+    """For deployments: a gallery file must exist before the match stage starts, and enrolling
+    someone should not be the only way to make one."""
+    from stream.gallery.store import Gallery
+
+    existed = args.gallery.exists()
+    with Gallery.open(args.gallery, create=True) as g:
+        people = len(g.people())
+    print(f"gallery {args.gallery} {'exists' if existed else 'created'} ({people} people)")
+    return 0
+
+
 def cmd_gallery_list(args: argparse.Namespace) -> int:
     from stream.gallery.store import Gallery
 

@@ -163,6 +163,10 @@ class Supervisor:
         if cfg.dashboard is not None:  # the web app: supervised like a stage (stages/dashboard.py)
             workers.append(Child(Role.DASHBOARD, 0))
         self.children = workers
+        # Every stage's restart series exists from the start at 0, so the first restart is an
+        # increase() that alerts can see, not a series appearing with value 1.
+        for role in {c.role for c in workers} | {Role.CAPTURE}:
+            self.m.worker_restarts_total.labels(role)
         for c in workers:
             self._spawn(c)
         if not self._wait_ready(workers):

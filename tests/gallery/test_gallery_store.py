@@ -132,3 +132,28 @@ def test_thresholds_and_decode(tmp_path):
             g.set_threshold(MODEL, float("nan"), "x")
     with pytest.raises(FacestreamError, match="corrupt"):
         decode_vector(b"\0" * 10, 128)
+
+
+def test_gallery_init_command(tmp_path, capsys):
+    """`facestream gallery init`: creates a private, empty gallery; a second call changes nothing;
+    a missing folder or a foreign file is a one-line error."""
+    from stream import cli
+
+    path = tmp_path / "people.db"
+    assert cli.main(["gallery", "--gallery", str(path), "init"]) == 0
+    assert "created (0 people)" in capsys.readouterr().out
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with Gallery.open(path) as g:
+        g.add_person("alice", [sample(1)], MODEL)
+    assert cli.main(["gallery", "--gallery", str(path), "init"]) == 0
+    assert "exists (1 people)" in capsys.readouterr().out
+    with Gallery.open(path) as g:
+        assert [p.name for p in g.people()] == ["alice"]
+    assert cli.main(["gallery", "--gallery", str(tmp_path / "no" / "g.db"), "init"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not exist" in err, err
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("shopping list\n" * 20)
+    assert cli.main(["gallery", "--gallery", str(foreign), "init"]) != 0
+    assert "not a facestream gallery" in capsys.readouterr().err
+    assert foreign.read_text() == "shopping list\n" * 20

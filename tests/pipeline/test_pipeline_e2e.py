@@ -184,8 +184,12 @@ def full_run(shared_data: Path, models_home: Path, tmp_path_factory):
         config=FULL_CONFIG,
     )
     best: dict[str, float] = {}
+    restart_series: set[str] = set()
     for _ in while_running(proc, every=1.0):  # scrape during the run: the endpoint goes away with it
         text = scrape(port)
+        restart_series |= set(
+            re.findall(r'^facestream_worker_restarts_total\{stage="(\w+)"\} 0\.0$', text, re.M)
+        )
         for stage in ("detect", "embed", "match"):
             best[stage] = max(best.get(stage, 0), sample(text, "facestream_stage_seconds_count", stage=stage))
         best["e2e"] = max(best.get("e2e", 0), sample(text, "facestream_e2e_latency_seconds_count"))
@@ -199,6 +203,7 @@ def full_run(shared_data: Path, models_home: Path, tmp_path_factory):
         "record": record,
         "stderr": err.read_text(),
         "metrics": best,
+        "restart_series": restart_series,
     }
 
 
@@ -223,6 +228,10 @@ def test_full_clip_end_to_end(full_run):
     # Per-stage histograms had observations while the run was going.
     m = full_run["metrics"]
     assert all(m[k] > 0 for k in ("detect", "embed", "match", "e2e", "queue", "batch")), m
+    # Every stage's restart counter is exported at 0 before any restart (alerts need a first sample).
+    assert full_run["restart_series"] >= {"capture", "detect", "embed", "match", "sink"}, full_run[
+        "restart_series"
+    ]
     # Summary on stderr; annotated video with every frame.
     assert "facestream run summary" in full_run["stderr"] and "end-to-end p50" in full_run["stderr"]
     video = cv2.VideoCapture(str(full_run["record"]))
