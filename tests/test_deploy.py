@@ -298,6 +298,22 @@ def test_dockerfile_shape(dockerfile: Path) -> None:
     assert any(w == "RUN" and "facestream models pull" in a for w, a in ins), (
         "models are built into the image"
     )
+    # The image's user cannot write $FACESTREAM_HOME: the demo's photos must be fetched at build time
+    # (the first real build's demo failed without this).
+    assert any(w == "RUN" and "facestream demo --fetch-only" in a for w, a in ins), (
+        "the demo's photos are in the image"
+    )
+
+
+def test_build_script_passes_build_args_the_dockerfile_declares() -> None:
+    """deploy/docker/build-and-run.sh (podman, run by hand: benchmarks/RESULTS.md) parses, and every
+    --build-arg it passes is an ARG of the CPU Dockerfile (podman warns and ignores one that is not,
+    and the image would quietly come from python:3.11-slim-bookworm, which no registry here serves)."""
+    script = DOCKER / "build-and-run.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    passed = set(re.findall(r"--build-arg (\w+)=", script.read_text()))
+    declared = {a.split("=")[0] for w, a in instructions(DOCKER / "Dockerfile") if w == "ARG"}
+    assert passed == {"PYTHON_IMAGE", "TORCH_INDEX"} and passed <= declared, (passed, declared)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
