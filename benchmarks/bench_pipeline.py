@@ -133,22 +133,29 @@ def run_pipeline(clip: Path, gallery: Path, tmp: Path, realtime: bool, cfg_text:
         raise SystemExit(f"pipeline failed ({proc.returncode}):\n{stderr[-3000:]}")
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     out.unlink()
-    lat = {k: np.array([r["latency_ms"][k] for r in rows]) for k in ("detect", "embed", "match", "total")}
-    first = min(r["t_capture"] for r in rows)
     per_role: dict[str, float] = {}
     for role, sec in cpu.values():
         per_role[role] = per_role.get(role, 0.0) + sec
+    return {
+        **row_stats(rows),
+        "wall": time.monotonic() - t0,
+        "cpu": per_role,
+        "summary": stderr[stderr.find("facestream run summary") :],
+    }
+
+
+def row_stats(rows: list[dict]) -> dict:
+    """Frames out, throughput and latency percentiles from a run's result lines (`run --out`)."""
+    lat = {k: np.array([r["latency_ms"][k] for r in rows]) for k in ("detect", "embed", "match", "total")}
+    first = min(r["t_capture"] for r in rows)
     capture_ns = sorted(r["t_capture"] for r in rows)
     span = capture_ns[-1] - first
     return {
         "frames": len(rows),
-        "wall": time.monotonic() - t0,
         # Throughput from the first capture to the last result (model loading excluded).
         "fps": len(rows) / max(span + lat["total"][-1] / 1000, 1e-9),
         "e2e": pct(lat["total"]),
         "stages": {k: pct(lat[k], (50, 95)) for k in ("detect", "embed", "match")},
-        "cpu": per_role,
-        "summary": stderr[stderr.find("facestream run summary") :],
         "rows": rows,
     }
 

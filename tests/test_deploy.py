@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, missing
+from netns import PodNetwork, in_netns
 
 DEPLOY = REPO / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
@@ -297,6 +298,22 @@ def test_dockerfile_shape(dockerfile: Path) -> None:
     assert any(w == "RUN" and "facestream models pull" in a for w, a in ins), (
         "models are built into the image"
     )
+    # The image's user cannot write $FACESTREAM_HOME: the demo's photos must be fetched at build time
+    # (the first real build's demo failed without this).
+    assert any(w == "RUN" and "facestream demo --fetch-only" in a for w, a in ins), (
+        "the demo's photos are in the image"
+    )
+
+
+def test_build_script_passes_build_args_the_dockerfile_declares() -> None:
+    """deploy/docker/build-and-run.sh (podman, run by hand: benchmarks/RESULTS.md) parses, and every
+    --build-arg it passes is an ARG of the CPU Dockerfile (podman warns and ignores one that is not,
+    and the image would quietly come from python:3.11-slim-bookworm, which no registry here serves)."""
+    script = DOCKER / "build-and-run.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    passed = set(re.findall(r"--build-arg (\w+)=", script.read_text()))
+    declared = {a.split("=")[0] for w, a in instructions(DOCKER / "Dockerfile") if w == "ARG"}
+    assert passed == {"PYTHON_IMAGE", "TORCH_INDEX"} and passed <= declared, (passed, declared)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -649,62 +666,6 @@ asyncio.run(main([(a, int(b), c, int(d)) for a, b, c, d in (x.split(",") for x i
 """
 
 
-class PodNetwork:
-    """A switch namespace with a bridge (and the Services' addresses on it), and a namespace per pod."""
-
-    def __init__(self, tag: str):
-        self.tag = tag
-        self.switch = f"{tag}-sw"
-        self.namespaces: list[str] = []
-        self.add(self.switch)
-        self.ip(self.switch, "link", "add", "br0", "type", "bridge")
-        self.ip(self.switch, "link", "set", "br0", "up")
-        self.ip(self.switch, "addr", "add", "10.77.0.1/24", "dev", "br0")
-
-    @staticmethod
-    def ip(ns: str, *args: str) -> None:
-        subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, timeout=30)
-
-    def add(self, ns: str) -> None:
-        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=30)
-        self.namespaces.append(ns)
-        self.ip(ns, "link", "set", "lo", "up")
-
-    def pod(self, index: int) -> tuple[str, str]:
-        ns, address = f"{self.tag}-p{index}", f"10.77.0.{10 + index}"
-        self.add(ns)
-        self.ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"p{index}", "netns", self.switch)
-        self.ip(self.switch, "link", "set", f"p{index}", "master", "br0", "up")
-        self.ip(ns, "addr", "add", f"{address}/24", "dev", "eth0")
-        self.ip(ns, "link", "set", "eth0", "up")
-        return ns, address
-
-    def service_address(self, index: int) -> str:
-        address = f"10.77.0.{200 + index}"
-        self.ip(self.switch, "addr", "add", f"{address}/24", "dev", "br0")
-        return address
-
-    def close(self) -> None:
-        for ns in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
-
-
-def in_netns(ns: str, hosts: Path, argv: list[str]) -> list[str]:
-    """argv run in `ns` with `hosts` as its /etc/hosts (a bind mount inside ip's private mount
-    namespace: the machine's own /etc/hosts is untouched)."""
-    return [
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "sh",
-        "-c",
-        'mount --bind "$0" /etc/hosts && exec "$@"',
-        str(hosts),
-        *argv,
-    ]
-
-
 def http_status(ns: str, url: str) -> int:
     """What a kubelet's httpGet probe sees, asked from the switch namespace."""
     code = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).status)"
@@ -855,7 +816,7 @@ def test_k8s_pods_run_the_pipeline_and_survive_a_pod_restart(
                 subprocess.run(argv, check=True, env=env, timeout=120, capture_output=True)
             (c,) = spec["containers"]
             commands[name] = in_netns(
-                p["ns"], hosts, [sys.executable, "-m", "stream", *map(local, c["args"])]
+                p["ns"], [sys.executable, "-m", "stream", *map(local, c["args"])], hosts
             )
 
         def start(name: str) -> None:
