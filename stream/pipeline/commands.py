@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,6 +147,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from stream.pipeline import config, metrics, security
     from stream.pipeline.stages import run_stage
 
+    # Idle OpenMP threads sleep instead of spinning: stages share the cores (see stage_threads). Set
+    # here, before torch loads, so a stage started alone (another host, a pod) gets it too.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cfg = config.load(args.config)
     security.check(cfg, (args.name,))  # missing keys: one line now, not after the models load
     if args.metrics_port is not None:

@@ -108,8 +108,6 @@ class Supervisor:
         env = {**os.environ, "FACESTREAM_SUPERVISED": str(os.getpid()), "OPENCV_LOG_LEVEL": "ERROR"}
         if child.role == Role.CAPTURE:  # its identity for its end-of-stream; a new one on a restart
             env[trust.TOKEN_ENV] = trust.issue_token(self.run_dir, child.index, renew=child.proc is not None)
-        # Idle OpenMP threads sleep instead of spinning: stages share the cores (see stage_threads).
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which then drains in order.
         child.proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         log.debug("started %s (pid %d)", child.name, child.proc.pid)

@@ -41,7 +41,7 @@ def detect_stage(models_home: Path, tmp_path: Path):
     cfg = config.load(None, {"sources": [{"url": "unused.mp4"}], "transport.run_dir": str(tmp_path)})
     cfg.dump(tmp_path / "c.yaml")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "OMP_WAIT_POLICY")}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -79,6 +79,15 @@ def detect_stage(models_home: Path, tmp_path: Path):
 def good_frame(seq: int) -> wire.Message:
     frame = np.full((120, 160, 3), 128, np.uint8)
     return wire.frame_message("cam0", seq, frame)
+
+
+def test_a_stage_started_alone_lets_idle_threads_sleep(detect_stage):
+    """No supervisor (another host, a pod): the stage itself makes idle OpenMP threads sleep, or they
+    spin on cores the other stages need (benchmarks/RESULTS.md, "Stage threads")."""
+    proc = detect_stage[0]
+    proc.terminate()
+    proc.wait(10)
+    assert "torch threads; idle threads sleep" in proc.stderr.read()
 
 
 def test_bad_messages_are_counted_and_the_stage_keeps_serving(detect_stage):

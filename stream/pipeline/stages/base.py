@@ -309,7 +309,7 @@ def send_blocking(
 def stage_threads(cfg: PipelineConfig, role: str) -> int:
     """Threads for one detect/embed worker: configured, or by default detection (the heavy stage) gets
     the cores shared among its workers and embedding half as many. This only works because stage
-    threads sleep rather than spin when idle (OMP_WAIT_POLICY=PASSIVE from the supervisor, ONNX
+    threads sleep rather than spin when idle (OMP_WAIT_POLICY=PASSIVE from `facestream stage`, ONNX
     Runtime spinning off): spinning threads take the cores the other stages need. The measurements
     behind both choices: benchmarks/RESULTS.md, Pipeline, "Stage threads"."""
     configured = cfg.detect.threads if role == Role.DETECT else cfg.embed.threads
@@ -325,3 +325,9 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    log.info(
+        "%d torch threads; idle threads %s",
+        threads,
+        "sleep" if policy.upper() == "PASSIVE" else f"spin ({policy})",
+    )
