@@ -1,12 +1,14 @@
 """`facestream` command line: one argparse tree; each area registers its own subcommands.
 
 Every command is a function taking the parsed arguments and returning an exit code. A
-FacestreamError (bad input, missing model, unusable file) becomes one line on stderr and exit 2;
-Ctrl-C exits 130 without a traceback."""
+FacestreamError (bad input, missing model, unusable file) becomes one line on stderr and exit 2, and
+so does a folder or file the machine will not let us write (read-only, no permission, disk full): that
+is the user's setup, not a bug. Ctrl-C exits 130 without a traceback."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
@@ -57,9 +59,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FacestreamError as e:
         print(f"facestream: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in _SETUP_ERRNOS or e.filename is None:
+            raise
+        print(
+            f"facestream: error: cannot write {e.filename}: {e.strerror}{_home_hint(e.filename)}",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("facestream: interrupted", file=sys.stderr)
         return 130
+
+
+_SETUP_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _home_hint(filename: object) -> str:
+    from pathlib import Path
+
+    from stream.home import facestream_home
+
+    home = facestream_home()
+    if Path(str(filename)).is_relative_to(home):
+        return f" (models and downloads live in {home}: set FACESTREAM_HOME to a writable folder)"
+    return ""
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

@@ -160,3 +160,21 @@ def test_sigterm_mid_build_publishes_nothing_and_cleans_up(tmp_path, models_home
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "facestream: interrupted"
     assert not (models / "dlib-resnet-v1").exists() and not list(models.glob(".build-*"))
+
+
+def test_unwritable_home_is_one_line(tmp_path):
+    """A FACESTREAM_HOME the machine will not let us write (a read-only mount in a container, a folder
+    of another user) is the user's setup: one line naming the folder and the variable, exit 2."""
+    home = Path("/sys/facestream-home")  # /sys refuses new entries, even to root
+    if home.exists():
+        pytest.skip("/sys accepted a folder here")
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream", "models", "pull"],
+        env={**os.environ, "FACESTREAM_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"cannot write {home}" in proc.stderr and "FACESTREAM_HOME" in proc.stderr, proc.stderr
