@@ -19,6 +19,7 @@ and what guided did per frame (whole / regions / nothing).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
@@ -26,6 +27,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+# As the pipeline's stages run (stream/pipeline/supervisor.py): idle torch threads sleep. Spinning ones
+# made detection ~20x slower on this shared 2-core machine under load (another engineer's work).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -117,7 +122,7 @@ def run(detector: MTCNN, frames: list[np.ndarray], settings: GuidedSettings) -> 
         full.append(detector.detect([frame])[0])
         t1 = time.perf_counter()
         p = plan.plan(frame, i / FPS)
-        got = detector.detect_regions([frame], [p.regions], [p.min_faces])[0]
+        got = detector.detect_regions([frame], [p.regions], [p.min_faces], [p.max_faces])[0]
         plan.observe(got.boxes)
         t2 = time.perf_counter()
         guided.append(got)

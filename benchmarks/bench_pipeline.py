@@ -2,10 +2,12 @@
 and with --realtime, against a single-process loop with the same models. Prints markdown tables.
 
     python benchmarks/bench_pipeline.py [--clips 1080p 360p] [--min-face 20] [--threads 1] [--shm on off]
+        [--mode full guided]
     python benchmarks/bench_pipeline.py --baseline face_recognition [--clips 360p 1080p demo]
 
 --shm on off: each pipeline run with frames in the shared-memory rings and with pixels inline
-(transport.shm), interleaved, --repeat times each; the tables give medians over the repeats.
+(transport.shm), interleaved, --repeat times each; the tables give medians over the repeats. --mode: the
+same for detect.mode (default: guided, the config's default).
 
 Per-stage latencies come from the JSONL (`latency_ms`: each stage including the queue before it);
 CPU per stage from /proc (user+system seconds of each stage process, sampled while it runs).
@@ -237,6 +239,9 @@ def main() -> int:
     ap.add_argument("--hwm", type=int, default=2)
     ap.add_argument("--no-single", action="store_true")
     ap.add_argument("--shm", nargs="+", default=["on"], choices=["on", "off"], help="transport.shm settings")
+    ap.add_argument(
+        "--mode", nargs="+", default=["guided"], choices=["full", "guided"], help="detect.mode settings"
+    )
     ap.add_argument("--repeat", type=int, default=1, help="runs of each setting (medians reported)")
     ap.add_argument("--no-realtime", action="store_true", help="only the as-fast-as-possible runs")
     ap.add_argument(
@@ -251,7 +256,7 @@ def main() -> int:
         raise SystemExit(f"{CLIP}: shared clip not found")
     threads = f"threads: {args.threads}, " if args.threads else ""
 
-    def cfg_text(shm: str, mode: str = "full") -> str:
+    def cfg_text(shm: str, mode: str) -> str:
         return (
             f"detect: {{{threads}min_face_size: {args.min_face}, max_batch: 4, max_wait_ms: 5, mode: {mode}}}\n"
             f"embed: {{{threads}max_batch: 32, max_wait_ms: 2}}\n"
@@ -273,19 +278,22 @@ def main() -> int:
         for name in args.clips:
             clip = clips[name]
             for realtime in (False,) if args.no_realtime else (False, True):
-                runs: dict[str, list[dict]] = {shm: [] for shm in args.shm}
+                settings = [(shm, mode) for shm in args.shm for mode in args.mode]
+                runs: dict[tuple[str, str], list[dict]] = {k: [] for k in settings}
                 for _ in range(args.repeat):  # interleaved: a noisy neighbour hits every setting alike
-                    for shm in args.shm:
-                        r = run_pipeline(clip, gallery, tmp, realtime, cfg_text(shm))
-                        runs[shm].append(r)
+                    for shm, mode in settings:
+                        r = run_pipeline(clip, gallery, tmp, realtime, cfg_text(shm, mode))
+                        runs[(shm, mode)].append(r)
                         print(
-                            f"[{name} shm {shm} rt {realtime}] {r['frames']} frames, {r['fps']:.1f} fps",
+                            f"[{name} shm {shm} {mode} rt {realtime}] {r['frames']} frames, {r['fps']:.1f} fps",
                             file=sys.stderr,
                         )
-                for shm, rs in runs.items():
+                for (shm, mode), rs in runs.items():
                     r = median_run(rs)
-                    mode = "pipeline --realtime" if realtime else "pipeline, as fast as possible"
-                    r.update(clip=name, mode=mode + (f", shm {shm}" if len(args.shm) > 1 else ""))
+                    label = "pipeline --realtime" if realtime else "pipeline, as fast as possible"
+                    label += f", detect.mode {mode}" if len(args.mode) > 1 else ""
+                    label += f", shm {shm}" if len(args.shm) > 1 else ""  # last: the shm table pairs by it
+                    r.update(clip=name, mode=label)
                     results.append(r)
             if not args.no_single:
                 s = run_single(clip, gallery, args.min_face, args.threads)

@@ -26,7 +26,7 @@ import torch
 
 from stream.detections import Detections
 from stream.errors import FacestreamError, ModelMissingError
-from stream.guided import Box, merge_sized
+from stream.guided import Box, merge
 from stream.mtcnn_nets import WEIGHT_FILES, ONet, PNet, RNet, load_net
 from stream.nms import batched_nms
 from stream.pyramid import IntegralImages, area_resize, crop_resize, integral_images
@@ -35,8 +35,11 @@ BACKENDS = ("auto", "torch")
 PNET_PIXELS_PER_CALL = 200_000  # input pixels per P-Net call on CPU (frames x strip rows x width)
 CPU_CHUNK = 64  # R-Net / O-Net candidates per call on CPU
 
-# One P-Net call: (first frame, frame count, level index, (scale, h, w), (row0, row1) of output rows)
-PNetCall = tuple[int, int, int, tuple[float, int, int], tuple[int, int]]
+# One P-Net call: (first frame, frame count, level index, (scale, h, w), (row0, row1), (col0, col1) of
+# P-Net output)
+PNetCall = tuple[int, int, int, tuple[float, int, int], tuple[int, int], tuple[int, int]]
+# A part of one pyramid level to run P-Net on: (level index, row0, row1, col0, col1) of P-Net output
+Window = tuple[int, int, int, int, int]
 
 
 def pyramid_scales(h: int, w: int, min_face_size: int, factor: float) -> list[tuple[float, int, int]]:
@@ -67,22 +70,6 @@ def validate_frame(i: int, frame: object) -> None:
         raise FacestreamError(
             f"frame {i}: expected an H x W x 3 uint8 RGB image, got shape {tuple(frame.shape)} dtype {frame.dtype}"
         )
-
-
-def _one_per_face(parts: list[Detections]) -> Detections:
-    """One frame's detections from several crops, a face found in two crops kept once (the same NMS
-    as the cascade's last step: "min" overlap 0.7, best score first)."""
-    if len(parts) <= 1:
-        return parts[0] if parts else Detections.empty()
-    d = Detections.merge(parts)
-    keep = batched_nms(
-        torch.from_numpy(d.boxes),
-        torch.from_numpy(d.scores),
-        torch.zeros(len(d), dtype=torch.long),
-        0.7,
-        "min",
-    )
-    return d[keep.numpy()]
 
 
 def _rerec(b: torch.Tensor) -> torch.Tensor:
@@ -179,46 +166,71 @@ class MTCNN:
         frames: Sequence[np.ndarray],
         regions: Sequence[Sequence[Box] | None],
         min_faces: Sequence[Sequence[int] | None] | None = None,
+        max_faces: Sequence[Sequence[int | None] | None] | None = None,
     ) -> list[Detections]:
         """Faces in each frame, looking only inside its regions (x1, y1, x2, y2 pixel boxes; None: the
-        whole frame; empty: nowhere), in frame coordinates. Overlapping regions are merged first. Every
-        crop of every frame goes through the cascade in one batch (crops are frames of their own
-        size); a face on two crops' common border is kept once (the cascade's final NMS, across the
-        frame's crops). min_faces (optional, per region): the smallest face worth looking for there,
-        which leaves the finest pyramid levels out (a region around a face found a frame ago)."""
+        whole frame; empty: nowhere), in frame coordinates. The frame's own pyramid is used, on the
+        same grid as the whole frame: P-Net runs on windows of each level that hold every P-Net window
+        touching a region, R-Net and O-Net on the frame itself. A face inside a region thus gets the
+        candidates, and the box, that the whole frame would give it (crops of their own would resample
+        on another grid, at another scale, and box some faces differently). Per region (optional):
+        min_faces, the smallest face worth looking for there, and max_faces, the largest (None: any);
+        only the pyramid levels for faces in that range run (a region around a face found a frame ago
+        needs the levels of that face's size). All windows of all frames go through one cascade."""
         frames = list(frames)
         if len(regions) != len(frames):
             raise FacestreamError(f"detect_regions: {len(regions)} region lists for {len(frames)} frames")
         inputs: list[np.ndarray] = []
-        skips: list[int] = []
-        owner: list[tuple[int, int, int]] = []  # (frame index, x offset, y offset) of each input
+        plans: list[list[Window] | None] = []
+        owner: list[int] = []
         for i, (frame, where) in enumerate(zip(frames, regions, strict=True)):
             validate_frame(i, frame)
             if where is None:
-                inputs.append(frame)
-                skips.append(0)
-                owner.append((i, 0, 0))
+                windows = None
+            else:
+                lo = (min_faces[i] if min_faces is not None else None) or [self.min_face_size] * len(where)
+                hi = (max_faces[i] if max_faces is not None else None) or [None] * len(where)
+                windows = self._windows(frame.shape[0], frame.shape[1], where, lo, hi)
+                if not windows:
+                    continue
+            inputs.append(frame)
+            plans.append(windows)
+            owner.append(i)
+        out = [Detections.empty() for _ in frames]
+        if inputs:
+            with self._lock, torch.inference_mode():
+                for i, d in zip(owner, self._detect(inputs, plans), strict=True):
+                    out[i] = d
+        return out
+
+    def _windows(
+        self, h: int, w: int, where: Sequence[Box], lo: Sequence[int], hi: Sequence[int | None]
+    ) -> list[Window]:
+        """P-Net output windows (level, row0, row1, col0, col1) that hold every P-Net window (12 x 12,
+        stride 2) overlapping a region, at the levels for that region's face sizes; windows of one
+        level that overlap become one (each P-Net position is looked at once)."""
+        levels = pyramid_scales(h, w, self.min_face_size, self.factor)
+        per_level: dict[int, list[Box]] = {}
+        for (x1, y1, x2, y2), small, large in zip(where, lo, hi, strict=True):
+            x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+            if x2 <= x1 or y2 <= y1:
                 continue
-            h, w = frame.shape[:2]
-            sizes = (min_faces[i] if min_faces is not None else None) or [self.min_face_size] * len(where)
-            # Overlapping regions become one: a face cut by a crop's edge would score as well as the
-            # whole face in the next crop, and could win.
-            for (x1, y1, x2, y2), min_face in merge_sized(list(zip(where, sizes, strict=True))):
-                x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
-                if x2 - x1 >= 12 and y2 - y1 >= 12:  # smaller holds no P-Net window
-                    inputs.append(np.ascontiguousarray(frame[y1:y2, x1:x2]))
-                    skips.append(self._levels_below(min_face))
-                    owner.append((i, x1, y1))
-        if not inputs:
-            return [Detections.empty() for _ in frames]
-        with self._lock, torch.inference_mode():
-            found = self._detect(inputs, skips)
-        parts: list[list[Detections]] = [[] for _ in frames]
-        for (i, dx, dy), d in zip(owner, found, strict=True):
-            if len(d):
-                shift = np.array([dx, dy], np.float32)
-                parts[i].append(Detections(d.boxes + np.tile(shift, 2), d.scores, d.landmarks + shift))
-        return [_one_per_face(p) for p in parts]
+            first = self._levels_below(small)
+            last = len(levels) - 1 if large is None else min(len(levels) - 1, self._levels_upto(large))
+            for k in range(first, last + 1):
+                _, oh, ow = levels[k]
+                out_h, out_w = PNet.output_size(oh), PNet.output_size(ow)
+                if out_h < 1 or out_w < 1:
+                    continue
+                # level pixel = frame pixel * (oh / h); a P-Net position j covers level pixels [2j, 2j+12)
+                sy, sx = oh / h, ow / w
+                r0, r1 = max(0, math.floor((y1 * sy - 12) / 2)), min(out_h, math.ceil(y2 * sy / 2) + 1)
+                c0, c1 = max(0, math.floor((x1 * sx - 12) / 2)), min(out_w, math.ceil(x2 * sx / 2) + 1)
+                if r1 > r0 and c1 > c0:
+                    per_level.setdefault(k, []).append((c0, r0, c1, r1))
+        return [
+            (k, r0, r1, c0, c1) for k, boxes in sorted(per_level.items()) for c0, r0, c1, r1 in merge(boxes)
+        ]
 
     def _levels_below(self, min_face: int) -> int:
         """Pyramid levels that only find faces smaller than min_face (level k finds faces from
@@ -227,16 +239,24 @@ class MTCNN:
             return 0
         return int(math.log(min_face / self.min_face_size) / math.log(1 / self.factor))
 
+    def _levels_upto(self, max_face: int) -> int:
+        """The last pyramid level that finds faces of max_face pixels or smaller (and one more: a
+        face is often also a candidate one level coarser)."""
+        if max_face <= self.min_face_size:
+            return 1
+        return int(math.log(max_face / self.min_face_size) / math.log(1 / self.factor)) + 1
+
     # -- pipeline --------------------------------------------------------------------------------
-    def _detect(self, frames: list[np.ndarray], skips: list[int] | None = None) -> list[Detections]:
-        """skips[i]: pyramid levels to leave out at the fine end for frame i (faces known to be larger
-        than the detector's minimum: each level is a scale of the full pyramid, so level numbers and
-        scales stay the same for every frame)."""
-        skip = skips or [0] * len(frames)
-        # Frames sorted by size so that each size's integral tables are one contiguous block.
-        order = sorted(range(len(frames)), key=lambda i: (frames[i].shape[0], frames[i].shape[1], skip[i]))
+    def _detect(
+        self, frames: list[np.ndarray], windows: list[list[Window] | None] | None = None
+    ) -> list[Detections]:
+        """windows[i]: None for the whole of frame i, else the P-Net windows to look at (_windows)."""
+        plan = windows or [None] * len(frames)
+        # Frames sorted by size so that each size's integral tables are one contiguous block (whole
+        # frames of one size first: they batch).
+        order = sorted(range(len(frames)), key=lambda i: (*frames[i].shape[:2], plan[i] is not None))
         ii, self._buffer = integral_images([frames[i] for i in order], self.device, self._buffer)
-        boxes, scores, frame_ids = self._stage1(ii, [skip[i] for i in order])
+        boxes, scores, frame_ids = self._stage1(ii, [plan[i] for i in order])
         boxes, frame_ids = self._stage2(ii, boxes, frame_ids)
         boxes, scores, points, frame_ids = self._stage3(ii, boxes, frame_ids)
 
@@ -251,64 +271,82 @@ class MTCNN:
                 out[orig] = Detections(boxes_np[sel], scores_np[sel], points_np[sel])
         return out
 
-    def _pnet_calls(self, ii: IntegralImages, skips: list[int]) -> Iterator[PNetCall]:
-        """(first frame, frame count, level index, (scale, h, w), (row0, row1) of P-Net output rows)
-        for every P-Net call: small levels batch all same-size frames, large ones go in strips."""
+    def _pnet_calls(self, ii: IntegralImages, windows: list[list[Window] | None]) -> Iterator[PNetCall]:
+        """(first frame, frame count, level index, (scale, h, w), (row0, row1), (col0, col1) of P-Net
+        output) for every P-Net call: small levels batch all same-size whole frames, large ones and
+        large windows go in strips."""
         budget = self._pnet_pixels
         k = 0
         while k < len(ii.shapes):
-            hw, skip = ii.shapes[k], skips[k]
+            hw = ii.shapes[k]
+            levels = pyramid_scales(*hw, self.min_face_size, self.factor)
+            if windows[k] is not None:
+                for lvl, r0, r1, c0, c1 in windows[k] or []:
+                    scale, oh, ow = levels[lvl]
+                    in_w = min(2 * (c1 - c0) + 10, ow)
+                    rows = max(4, (budget // in_w - 10) // 2)
+                    for r in range(r0, r1, rows):
+                        yield k, 1, lvl, (scale, oh, ow), (r, min(r1, r + rows)), (c0, c1)
+                k += 1
+                continue
             count = 1
-            while k + count < len(ii.shapes) and (ii.shapes[k + count], skips[k + count]) == (hw, skip):
+            while k + count < len(ii.shapes) and ii.shapes[k + count] == hw and windows[k + count] is None:
                 count += 1
-            for level, (scale, oh, ow) in enumerate(pyramid_scales(*hw, self.min_face_size, self.factor)):
-                if level < skip:
-                    continue
-                out_h = PNet.output_size(oh)
+            for level, (scale, oh, ow) in enumerate(levels):
+                out_h, out_w = PNet.output_size(oh), PNet.output_size(ow)
                 per_frame = max(1, budget // (oh * ow))
                 if per_frame > 1 or oh * ow <= budget:
                     for f0 in range(k, k + count, per_frame):
-                        yield f0, min(per_frame, k + count - f0), level, (scale, oh, ow), (0, out_h)
+                        yield (
+                            f0,
+                            min(per_frame, k + count - f0),
+                            level,
+                            (scale, oh, ow),
+                            (0, out_h),
+                            (0, out_w),
+                        )
                     continue
                 rows = max(4, (budget // ow - 10) // 2)  # output rows per strip
                 for f0 in range(k, k + count):
                     for r0 in range(0, out_h, rows):
-                        yield f0, 1, level, (scale, oh, ow), (r0, min(out_h, r0 + rows))
+                        yield f0, 1, level, (scale, oh, ow), (r0, min(out_h, r0 + rows)), (0, out_w)
             k += count
 
     def _stage1(
-        self, ii: IntegralImages, skips: list[int]
+        self, ii: IntegralImages, windows: list[list[Window] | None]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """P-Net over the pyramid of every frame; NMS per frame and level (IoU 0.5), then per frame
         (IoU 0.7); box regression; squaring. Returns boxes (K, 4), scores (K,), frame ids (K,)."""
         dev = self.device
         thr = self.thresholds[0]
         found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        calls: list[tuple[int, int, int, int]] = []  # (positions found, first frame, row0, level)
+        calls: list[tuple[int, int, int, int, int]] = []  # (positions found, first frame, row0, col0, level)
         scales: dict[int, float] = {}
-        for f0, count, lvl, (s, oh, ow), (r0, r1) in self._pnet_calls(ii, skips):
+        for f0, count, lvl, (s, oh, ow), (r0, r1), (c0, c1) in self._pnet_calls(ii, windows):
             in_rows = (2 * r0, min(2 * r1 + 10, oh))  # P-Net: 12-pixel window, stride 2
-            feat = self.pnet.trunk(area_resize(ii.frames(f0, count), oh, ow, in_rows).permute(0, 3, 1, 2))
+            in_cols = (2 * c0, min(2 * c1 + 10, ow))
+            level_px = area_resize(ii.frames(f0, count), oh, ow, in_rows, in_cols)
+            feat = self.pnet.trunk(level_px.permute(0, 3, 1, 2))
             prob = self.pnet.face_prob(feat)
             mask = prob >= thr
             nz = mask.nonzero()
             if nz.shape[0]:
                 found.append((nz, prob[mask], feat.permute(0, 2, 3, 1)[mask]))
-                calls.append((nz.shape[0], f0, r0, lvl))
+                calls.append((nz.shape[0], f0, r0, c0, lvl))
                 scales[lvl] = s
         if not found:
             z = torch.zeros(0, device=dev)
             return z.view(0, 4), z, torch.zeros(0, dtype=torch.long, device=dev)
         nz, scores, feat = (torch.cat(p) for p in zip(*found, strict=True))
         counts = torch.tensor([c[0] for c in calls], device=dev)
-        first, o0, level = (
+        first, o0, c0s, level = (
             torch.repeat_interleave(torch.tensor(c, device=dev), counts)
             for c in list(zip(*calls, strict=True))[1:]
         )
         frame = nz[:, 0] + first
         # facenet-pytorch's generateBoundingBox (stride 2, 12 x 12 cells), same float32 operations
         scale = torch.tensor([scales.get(i, 1.0) for i in range(max(scales) + 1)], device=dev)[level]
-        bb = torch.stack([nz[:, 2], nz[:, 1] + o0], 1).to(torch.float32)
+        bb = torch.stack([nz[:, 2] + c0s, nz[:, 1] + o0], 1).to(torch.float32)
         q1 = ((2 * bb + 1) / scale[:, None]).floor()
         q2 = ((2 * bb + 12) / scale[:, None]).floor()
         boxes = torch.cat([q1, q2], 1)

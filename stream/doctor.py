@@ -100,7 +100,25 @@ def _threads(cfg: PipelineConfig, notes: dict[str, list[str]]) -> dict[str, Any]
         "torch": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "pipeline": stages,
+        "kernels": _torch_kernels(),
     }
+
+
+def _torch_kernels() -> str:
+    """The instruction sets torch's CPU kernels use: ATen's own (ATEN_CPU_CAPABILITY may lower it)
+    and oneDNN's (the convolutions; ONEDNN_MAX_CPU_ISA may cap it). Lowered, a faster CPU stands in
+    for a slower one: an emulation of its instruction set, not of its cores or memory."""
+    import torch
+
+    aten = torch.backends.cpu.get_cpu_capability()
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    onednn = f"oneDNN capped at {cap} (ONEDNN_MAX_CPU_ISA)" if cap else "oneDNN: the CPU's best"
+    lowered = (
+        " (lowered: an emulation of a CPU without the rest)"
+        if cap or os.environ.get("ATEN_CPU_CAPABILITY")
+        else ""
+    )
+    return f"ATen {aten}, {onednn}{lowered}"
 
 
 def _runtimes(notes: dict[str, list[str]]) -> dict[str, Any]:
@@ -290,6 +308,7 @@ def render(f: dict[str, Any]) -> str:
         ("native bf16", "yes" if cpu["native_bf16"] else "no (bf16 is emulated in float32)"),
         ("cpus", f"{th['affinity']} usable by this process, os.cpu_count {th['os_cpu_count']}"),
         ("torch threads", f"{th['torch']} (OMP_NUM_THREADS {th['omp_num_threads'] or 'unset'})"),
+        ("torch kernels", th["kernels"]),
         ("pipeline threads", _stages(th)),
         ("load average", " ".join(str(x) for x in f["load_average"])),
         ("python", rt["python"]),
@@ -328,6 +347,7 @@ def header() -> str:
             f"int8 kernel {cpu['int8_kernel']}; native bf16 {'yes' if cpu['native_bf16'] else 'no'}; "
             f"{th['affinity']} usable CPUs (os.cpu_count {th['os_cpu_count']}); torch threads {th['torch']}; "
             f"pipeline {_stages(th)}; load average {f['load_average'][0]}",
+            f"torch kernels: {th['kernels']}",
             f"software: python {rt['python']}, torch {rt['torch']['version']} (CUDA {_torch_cuda(rt['torch'])}), "
             f"onnxruntime {rt['onnxruntime']['version']} (CUDA {_ort_cuda(rt['onnxruntime'])}), "
             f"numpy {rt['numpy']}, opencv {rt['opencv']}",

@@ -5,11 +5,16 @@ ago is near where it was. So per camera, a `DetectionPlan` decides for each fram
 - the whole frame: the first frame, every `full_every_s` of video time (so that nothing standing still
   is missed for long), at a scene cut (the capture's verdict, stream/pipeline/scenecut.py, carried
   on the frame), and whenever the regions would cover most of the frame anyway;
-- otherwise the regions that changed (differencing of small grey copies of consecutive frames, with a
-  margin) plus the regions around the faces found last time, merged where they overlap;
+- otherwise the regions that changed (differencing of small grey copies of consecutive frames), where
+  a face of any size may have appeared, plus a region around where each face found last time is
+  predicted to be now (from where it was to where its last step repeated takes it), where only faces
+  of about its size are looked for; a
+  change inside such a region is that face moving and adds nothing;
 - nothing at all when nothing moved and no face was there (a static empty scene costs one resize).
-The detector runs the same cascade on those crops (MTCNN.detect_regions). What it costs in recall is
-measured in benchmarks/bench_guided.py (results: benchmarks/RESULTS.md, "Guided detection")."""
+The detector runs the cascade on the frame's own pyramid, only on the windows of each level that
+touch a region (MTCNN.detect_regions): a face in a region gets the box the whole frame would give it.
+What it costs in recall is measured in benchmarks/bench_guided.py (results: benchmarks/RESULTS.md,
+"Guided detection")."""
 
 from __future__ import annotations
 
@@ -27,10 +32,11 @@ SMALL_WIDTH = 160  # motion is measured on a copy this wide: enough for a face's
 class GuidedSettings:
     full_every_s: float = 1.0  # a whole-frame pass at least this often (video time)
     motion_threshold: int = 18  # grey-level change (0-255) of a small-copy pixel that counts as motion
-    margin: float = 0.5  # each region grows by this share of its size on every side
-    min_face_size: int = 20  # the detector's: a region is never smaller than a face with its margin
+    margin: float = 0.5  # a known face's region: its predicted box grown by this share on every side
+    min_face_size: int = 20  # the detector's: a region of change grows by this on every side
     max_area: float = 0.6  # regions covering more than this share of the frame: run the whole frame
-    face_shrink: float = 0.6  # around a known face, look for faces down to this share of its size
+    face_shrink: float = 0.6  # around a known face, look for faces from this share of its size to its
+    # size divided by this
     cut_change: float = 0.1  # the frame's scene-change score (scenecut.py) that makes it a new shot
 
 
@@ -41,6 +47,7 @@ class Plan:
     regions: list[Box] | None
     reason: str  # "first", "periodic", "cut", "guided", "still"
     min_faces: list[int] | None = None  # per region: the smallest face worth looking for there
+    max_faces: list[int | None] | None = None  # per region: the largest (None: any)
 
     @property
     def full(self) -> bool:
@@ -56,6 +63,7 @@ class DetectionPlan:
     _shape: tuple[int, ...] | None = None
     _last_full: float | None = None
     _faces: list[Box] = field(default_factory=list)
+    _steps: list[tuple[float, float]] = field(default_factory=list)  # each face's last move (x, y)
 
     def plan(self, frame: np.ndarray, t: float, cut: bool = False) -> Plan:
         """Where to look in `frame` (RGB, H x W x 3) taken at `t` seconds (video or wall time); `cut`:
@@ -72,23 +80,47 @@ class DetectionPlan:
         if cut:
             return self._full(t, "cut")
         changed = cv2.absdiff(small, previous) > s.motion_threshold
-        # Where something moved, any face may have appeared: look for the smallest. Around a face found
-        # last time, look for that face: it cannot have shrunk much in a frame (and the whole frame
-        # comes back every full_every_s for anything else).
-        moved = [(b, s.min_face_size) for b in _motion_boxes(changed, w / small.shape[1], h / small.shape[0])]
-        faces = [
-            (b, max(s.min_face_size, int(s.face_shrink * min(b[2] - b[0], b[3] - b[1])))) for b in self._faces
+        # Around a face found last time, look for that face where its last step takes it: it cannot
+        # have changed size much in a frame (and the whole frame comes back every full_every_s).
+        faces: list[tuple[Box, int, int | None]] = []
+        for b, (dx, dy) in zip(self._faces, self._steps, strict=True):
+            side = min(b[2] - b[0], b[3] - b[1])
+            # From where it was to where its last step takes it: it may also have stopped.
+            span = (
+                round(b[0] + min(dx, 0)),
+                round(b[1] + min(dy, 0)),
+                round(b[2] + max(dx, 0)),
+                round(b[3] + max(dy, 0)),
+            )
+            lo, hi = max(s.min_face_size, int(s.face_shrink * side)), int(np.ceil(side / s.face_shrink))
+            faces.append((_grow(span, s.margin, 2 * s.min_face_size, w, h), lo, hi))
+        # Where something else moved, any face may have appeared: look for faces of every size.
+        moved: list[tuple[Box, int, int | None]] = [
+            (_pad(b, s.min_face_size, w, h), s.min_face_size, None)
+            for b in _motion_boxes(changed, w / small.shape[1], h / small.shape[0])
+            if not any(_inside(b, f) for f, _, _ in faces)
         ]
-        if not moved and not faces:
+        regions = moved + faces
+        if not regions:
             return Plan([], "still")
-        grown = merge_sized([(_grow(b, s.margin, 2 * s.min_face_size, w, h), f) for b, f in moved + faces])
-        if sum((x2 - x1) * (y2 - y1) for (x1, y1, x2, y2), _ in grown) > s.max_area * w * h:
+        if _union_area([b for b, _, _ in regions], w, h) > s.max_area * w * h:
             return self._full(t, "periodic")
-        return Plan([b for b, _ in grown], "guided", [f for _, f in grown])
+        return Plan(
+            [b for b, _, _ in regions], "guided", [lo for _, lo, _ in regions], [hi for _, _, hi in regions]
+        )
 
     def observe(self, boxes: np.ndarray) -> None:
-        """The faces found in the frame just planned (N x 4 float boxes): looked at again next time."""
-        self._faces = [(int(b[0]), int(b[1]), int(np.ceil(b[2])), int(np.ceil(b[3]))) for b in boxes]
+        """The faces found in the frame just planned (N x 4 float boxes): looked for again next time,
+        one step further (the step from the face last seen nearest, if that one overlaps it)."""
+        faces = [(int(b[0]), int(b[1]), int(np.ceil(b[2])), int(np.ceil(b[3]))) for b in boxes]
+        steps = []
+        for f in faces:
+            best = max(self._faces, key=lambda p: _overlap(p, f), default=None)
+            if best is None or _overlap(best, f) <= 0:
+                steps.append((0.0, 0.0))
+            else:
+                steps.append(((f[0] + f[2] - best[0] - best[2]) / 2, (f[1] + f[3] - best[1] - best[3]) / 2))
+        self._faces, self._steps = faces, steps
 
     def _full(self, t: float, reason: str) -> Plan:
         self._last_full = t
@@ -111,6 +143,28 @@ def _motion_boxes(changed: np.ndarray, sx: float, sy: float) -> list[Box]:
     for x, y, bw, bh, _area in stats[1:n]:  # label 0 is the background
         boxes.append((int(x * sx), int(y * sy), int(np.ceil((x + bw) * sx)), int(np.ceil((y + bh) * sy))))
     return boxes
+
+
+def _pad(b: Box, by: int, w: int, h: int) -> Box:
+    x1, y1, x2, y2 = b
+    return (max(0, x1 - by), max(0, y1 - by), min(w, x2 + by), min(h, y2 + by))
+
+
+def _inside(a: Box, b: Box) -> bool:
+    return b[0] <= a[0] and b[1] <= a[1] and a[2] <= b[2] and a[3] <= b[3]
+
+
+def _overlap(a: Box, b: Box) -> int:
+    """Pixels two boxes share."""
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _union_area(boxes: list[Box], w: int, h: int) -> int:
+    """Pixels covered by any of the boxes (counted in 8 x 8 cells)."""
+    cells = np.zeros((h // 8 + 1, w // 8 + 1), bool)
+    for x1, y1, x2, y2 in boxes:
+        cells[y1 // 8 : (y2 + 7) // 8, x1 // 8 : (x2 + 7) // 8] = True
+    return int(cells.sum()) * 64
 
 
 def _grow(b: Box, margin: float, min_side: int, w: int, h: int) -> Box:

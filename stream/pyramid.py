@@ -113,11 +113,16 @@ def _resize_plan(
 
 
 def area_resize(
-    tables: torch.Tensor, out_h: int, out_w: int, rows: tuple[int, int] | None = None
+    tables: torch.Tensor,
+    out_h: int,
+    out_w: int,
+    rows: tuple[int, int] | None = None,
+    cols: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Whole frames (N, H+1, W+1, 3 integral tables) -> (N, out_h, out_w, 3) float32, the values of
     (F.interpolate(frames, (out_h, out_w), mode="area") - 127.5) * SCALE. `rows` = (r0, r1): only
-    output rows r0 .. r1-1 (a horizontal strip).
+    output rows r0 .. r1-1 (a horizontal strip); `cols` = (c0, c1): only those output columns (a
+    window of the resized frame, on the same grid as the whole of it).
 
     Each bin sum is four table lookups, one flat row gather per corner over just the output
     pixels (gathering whole table rows first, then columns, reads the full frame width at every
@@ -125,16 +130,17 @@ def area_resize(
     n, h1, w1, _ = tables.shape
     corners, kh, kw = _resize_plan(h1 - 1, w1 - 1, out_h, out_w, tables.device)
     r0, r1 = rows or (0, out_h)
-    idx = corners[:, :, r0:r1].reshape(2, 2, -1)
+    c0, c1 = cols or (0, out_w)
+    idx = corners[:, :, r0:r1, c0:c1].reshape(2, 2, -1)
     if n > 1:  # the frames' tables follow one another in `flat`
         step = torch.arange(n, dtype=idx.dtype, device=idx.device) * (h1 * w1)
         idx = (idx[:, :, None, :] + step[:, None]).view(2, 2, -1)
     flat = tables.reshape(-1, 3)  # a view: the tables are one contiguous block
     sums = flat.index_select(0, idx[0, 0]).sub_(flat.index_select(0, idx[0, 1]))
     sums.sub_(flat.index_select(0, idx[1, 0])).add_(flat.index_select(0, idx[1, 1]))
-    sums = sums.view(n, r1 - r0, out_w, 3)
+    sums = sums.view(n, r1 - r0, c1 - c0, 3)
     # ((sum / kh) / kw - 127.5) * SCALE, as torch's adaptive_avg_pool2d and MTCNN's scaling round it
-    return torch.div(sums, kh[:, r0:r1]).div_(kw).sub_(127.5 * SCALE)
+    return torch.div(sums, kh[:, r0:r1]).div_(kw[:, :, c0:c1]).sub_(127.5 * SCALE)
 
 
 def crop_resize(

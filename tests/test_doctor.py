@@ -195,3 +195,41 @@ def test_model_from_an_older_build_is_outdated_not_damaged(tmp_path: Path, model
     assert not is_built("mtcnn", home)  # so the next `models pull` rebuilds it
     rc, out = doctor(home)
     assert "model mtcnn:            outdated: built by an older facestream" in out
+
+
+def test_torch_kernels_lowered_to_avx2_are_named_an_emulation(tmp_path: Path) -> None:
+    """How bench runs stand in for an AVX2-only CPU on a bigger one: the report says so."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+    }
+    plain = subprocess.run(
+        [sys.executable, "-m", "stream", "doctor"],
+        cwd=REPO,
+        env={**env, "FACESTREAM_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    ).stdout
+    low = subprocess.run(
+        [sys.executable, "-m", "stream", "doctor"],
+        cwd=REPO,
+        env={
+            **env,
+            "FACESTREAM_HOME": str(tmp_path),
+            "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "ATEN_CPU_CAPABILITY": "avx2",
+        },
+        capture_output=True,
+        text=True,
+    ).stdout
+    kernels = {
+        name: next(line for line in out.splitlines() if line.startswith("torch kernels:"))
+        for name, out in (("plain", plain), ("low", low))
+    }
+    assert (
+        "ATen AVX2" in kernels["low"]
+        and "oneDNN capped at AVX2" in kernels["low"]
+        and "emulation" in kernels["low"]
+    )
+    assert "capped" not in kernels["plain"] and "emulation" not in kernels["plain"]

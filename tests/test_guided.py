@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from stream.detector import MTCNN
+from stream.detector import MTCNN, pyramid_scales
 from stream.guided import DetectionPlan, GuidedSettings, merge
+from stream.mtcnn_nets import PNet
 
 H, W = 360, 640
 
@@ -56,6 +57,31 @@ def test_plan_looks_where_something_moved_and_where_a_face_was(scene):
     assert p.reason == "guided" and any(b[0] <= 500 and b[2] >= 560 for b in p.regions or [])
 
 
+def test_plan_looks_for_a_known_face_one_step_further_at_its_size(scene):
+    rng = np.random.default_rng(4)
+    plan = DetectionPlan(GuidedSettings(full_every_s=10.0))
+    plan.plan(noisy(scene, rng), 0.0)
+    plan.observe(np.array([[100.0, 100.0, 160.0, 170.0]]))
+    plan.plan(noisy(scene, rng), 0.04)
+    plan.observe(np.array([[130.0, 110.0, 190.0, 180.0]]))  # it moved 30 right, 10 down
+    moved = scene.copy()
+    moved[110:180, 130:190] = 255  # the face's own change: inside its region, no region of its own
+    p = plan.plan(noisy(moved, rng), 0.08)
+    assert p.reason == "guided" and p.regions is not None and len(p.regions) == 1, p
+    (x1, y1, x2, y2), lo, hi = p.regions[0], p.min_faces[0], p.max_faces[0]  # type: ignore[index]
+    # from where it is (130..190, 110..180) to one step further (160..220, 120..190), grown by half
+    assert (x1 + x2) / 2 == pytest.approx(175, abs=1) and (y1 + y2) / 2 == pytest.approx(150, abs=1)
+    assert x2 - x1 >= 2 * 90 and y2 - y1 >= 2 * 80
+    assert lo == 36 and hi == 100  # faces of 0.6 to 1/0.6 of its size (60 px)
+    # A change elsewhere: any face may have appeared there, of any size.
+    moved[250:300, 500:540] = 0
+    plan.observe(np.array([[160.0, 120.0, 220.0, 190.0]]))
+    p = plan.plan(noisy(moved, rng), 0.12)
+    assert p.regions is not None and len(p.regions) == 2, p
+    other = [i for i, b in enumerate(p.regions) if b[0] > 400]
+    assert len(other) == 1 and p.min_faces[other[0]] == 20 and p.max_faces[other[0]] is None  # type: ignore[index]
+
+
 def test_plan_whole_frame_at_a_scene_cut(scene):
     rng = np.random.default_rng(3)
     plan = DetectionPlan(GuidedSettings(full_every_s=10.0))
@@ -85,18 +111,43 @@ def test_regions_find_what_the_whole_frame_finds(shared_data, mtcnn_weights_dir)
     ]
     guided, again, nowhere = detector.detect_regions([rgb, rgb, rgb], [regions, None, []])
     assert len(nowhere) == 0 and np.array_equal(again.boxes, whole.boxes)
-    assert len(guided) == len(whole)  # each face once, although regions overlap
-    for box, points in zip(whole.boxes, whole.landmarks, strict=True):
-        k = int(np.argmin(np.abs(guided.boxes - box).sum(1)))
-        assert np.abs(guided.boxes[k] - box).max() < 0.05 * (box[2] - box[0]) + 2, (guided.boxes[k], box)
-        assert np.abs(guided.landmarks[k] - points).max() < 0.05 * (box[2] - box[0]) + 2
-    assert all(0 <= b[0] and b[2] <= w + 1 for b in guided.boxes)
-    # Around known faces, only the scales that fit them: the same faces, found with less work.
-    sides = [int(0.6 * min(b[2] - b[0], b[3] - b[1])) for b in whole.boxes]
-    (sized,) = detector.detect_regions([rgb], [regions], [sides])
+    # The frame's own pyramid, on its own grid: each face gets exactly the whole frame's box and
+    # landmarks (a crop of its own would resample at another scale and phase), once although the
+    # regions overlap.
+    assert len(guided) == len(whole)
+    order = np.lexsort(guided.boxes.T[::-1])
+    expected = np.lexsort(whole.boxes.T[::-1])
+    assert np.array_equal(guided.boxes[order], whole.boxes[expected])
+    assert np.array_equal(guided.landmarks[order], whole.landmarks[expected])
+    # Around known faces, only the scales that fit them: the same faces and boxes, with less work.
+    sides = [min(b[2] - b[0], b[3] - b[1]) for b in whole.boxes]
+    lo, hi = [int(0.6 * s) for s in sides], [int(np.ceil(s / 0.6)) for s in sides]
+    (sized,) = detector.detect_regions([rgb], [regions], [lo], [hi])
     assert len(sized) == len(whole)
-    for box in whole.boxes:
-        assert np.abs(sized.boxes - box).sum(1).min() < 0.2 * (box[2] - box[0]), box
+    assert np.array_equal(sized.boxes[np.lexsort(sized.boxes.T[::-1])], whole.boxes[expected])
+    every = {w[0] for w in detector._windows(h, w, regions, [20] * len(regions), [None] * len(regions))}
+    fitting = {w[0] for w in detector._windows(h, w, regions, lo, hi)}
+    assert fitting < every  # fewer levels ...
+    assert min(fitting) == detector._levels_below(min(lo)) and max(fitting) == detector._levels_upto(max(hi))
+
+
+def test_windows_hold_every_pnet_window_touching_a_region(mtcnn_weights_dir):
+    detector = MTCNN(mtcnn_weights_dir, device="cpu", min_face_size=20)
+    region = (300, 200, 340, 260)
+    windows = detector._windows(360, 640, [region], [20], [None])
+    levels = pyramid_scales(360, 640, 20, 0.709)
+    assert sorted({k for k, *_ in windows}) == list(range(len(levels)))  # any face size: every level
+    for k, r0, r1, c0, c1 in windows:
+        _, oh, ow = levels[k]
+        sy, sx = oh / 360, ow / 640
+        # P-Net position (r, c) sees level pixels [2r, 2r + 12) x [2c, 2c + 12): the window holds
+        # every position whose view overlaps the region, within the level
+        need_r0 = max(0, int(np.floor((region[1] * sy - 12) / 2)) + 1)
+        need_c0 = max(0, int(np.floor((region[0] * sx - 12) / 2)) + 1)
+        assert r0 <= need_r0 and c0 <= need_c0, (k, r0, c0, need_r0, need_c0)
+        assert r1 >= min(PNet.output_size(oh), int(np.ceil(region[3] * sy / 2))), k
+        assert c1 >= min(PNet.output_size(ow), int(np.ceil(region[2] * sx / 2))), k
+    assert detector._windows(360, 640, [(700, 0, 800, 50)], [20], [None]) == []  # outside the frame
 
 
 def test_levels_left_out_only_find_smaller_faces(mtcnn_weights_dir):

@@ -152,7 +152,10 @@ def process(
                 for (_, msg), p in zip(frames, plans, strict=True):
                     m.detect_plans_total.labels(msg.cam, p.reason).inc()
                 found = detector.detect_regions(
-                    images, [p.regions for p in plans], [p.min_faces for p in plans]
+                    images,
+                    [p.regions for p in plans],
+                    [p.min_faces for p in plans],
+                    [p.max_faces for p in plans],
                 )
         except Exception as e:  # noqa: BLE001 - bad input must not kill the stage
             log.warning("detect failed on a batch of %d frames: %s", len(frames), e)
