@@ -13,6 +13,10 @@ Columns, one row per face (by descending detector score):
     candidates  N x (str | None) each face's own nearest person, or None    match
     reused      (N,)   bool      the embedding was carried over from this face in an  embed
                                  earlier frame (not new evidence), or None: all fresh
+    eyes        (N,)   float32   eye aspect ratio (NaN: not measured), or None    embed
+                                 (only cameras with liveness on: stream/liveness)
+    liveness    N x (str | None) "live" | "not_live" | "unknown" per face's track,  match
+                                 None where the camera does not ask; or None
 
 Like supervision's `Detections`: `Detections.empty()`, `len(d)`, `d[i]` / `d[a:b]` / `d[mask]` (a
 `Detections` again), `Detections.merge([...])`. The wire form (a dict of arrays) and the `run --out`
@@ -43,6 +47,8 @@ class Detections:
     quality: np.ndarray | None = None
     candidates: list[str | None] | None = None
     reused: np.ndarray | None = None
+    eyes: np.ndarray | None = None
+    liveness: list[str | None] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
@@ -76,6 +82,7 @@ class Detections:
         rows = np.arange(len(self))[index]
         names = None if self.names is None else [self.names[i] for i in rows.reshape(-1)]
         cands = None if self.candidates is None else [self.candidates[i] for i in rows.reshape(-1)]
+        live = None if self.liveness is None else [self.liveness[i] for i in rows.reshape(-1)]
         return Detections(
             self.boxes[rows],
             self.scores[rows],
@@ -87,6 +94,8 @@ class Detections:
             None if self.quality is None else self.quality[rows],
             cands,
             None if self.reused is None else self.reused[rows],
+            None if self.eyes is None else self.eyes[rows],
+            live,
         )
 
     def with_columns(self, **columns: object) -> Detections:
@@ -109,6 +118,9 @@ class Detections:
             if any(p.candidates is None for p in parts)
             else [n for p in parts for n in p.candidates or []]
         )
+        live = (
+            None if any(p.liveness is None for p in parts) else [v for p in parts for v in p.liveness or []]
+        )
         boxes, scores, landmarks = stack("boxes"), stack("scores"), stack("landmarks")
         assert boxes is not None and scores is not None and landmarks is not None
         return Detections(
@@ -122,4 +134,6 @@ class Detections:
             stack("quality"),
             cands,
             stack("reused"),
+            stack("eyes"),
+            live,
         )

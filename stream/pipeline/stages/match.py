@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zmq
 
+from stream.liveness.stage import LivenessBook
 from stream.pipeline import transport, wire
 from stream.pipeline.batching import receive
 from stream.pipeline.config import PipelineConfig
@@ -45,6 +46,7 @@ class Namer:
         self.threshold = threshold
         self.metric = get_spec(cfg.model).metric
         self.trackers: dict[str, FaceTracker] = {}
+        self.liveness = LivenessBook(cfg)  # cameras that ask for liveness (stream/liveness)
         self._next_refresh = time.monotonic() + cfg.match.refresh_s
 
     def tracker(self, cam: str) -> FaceTracker:
@@ -96,11 +98,19 @@ class Namer:
             distances=np.array([tf.distance for tf in tracked], np.float64),
             quality=np.asarray(quality, np.float32),
         )
-        return msg.to(wire.Result, dets=named), [e.to_dict() for e in events + more]
+        out = [e.to_dict() for e in events + more]
+        self.liveness.annotate(msg.cam, out)
+        result, live_events = self.liveness.update(
+            msg.cam, t, msg.to(wire.Result, dets=named), set(tracker.tracks)
+        )
+        return result, out + live_events
 
     def end(self, cam: str, t: float) -> list[dict[str, Any]]:
         tracker = self.trackers.pop(cam, None)
-        return [e.to_dict() for e in tracker.flush(t)] if tracker is not None else []
+        out = [e.to_dict() for e in tracker.flush(t)] if tracker is not None else []
+        self.liveness.annotate(cam, out)
+        self.liveness.end(cam)
+        return out
 
 
 class Match(Stage):
