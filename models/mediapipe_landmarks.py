@@ -1,18 +1,22 @@
-"""MediaPipe's face landmark model (face_landmark.tflite, 468 points) rebuilt in torch from the TFLite
-flatbuffer and exported to ONNX.
+"""MediaPipe's face landmark model (face_landmark.tflite, 468 points) and its eye model
+(iris_landmark.tflite: 71 eye and brow contour points + 5 iris points on a 64x64 eye crop, the one
+MediaPipe uses to refine the eyes; the face model's own eyelids hardly move when eyes close) rebuilt
+in torch from the TFLite flatbuffers and exported to ONNX.
 
 The file is read with the `tflite` package's generated schema (no TensorFlow): every operator of its
 one subgraph becomes one step of `TfliteGraph`, which runs them in order on NCHW tensors. Only the
-operators this model uses are supported (CONV_2D, DEPTHWISE_CONV_2D, PRELU, ADD, MAX_POOL_2D, PAD, all
-float32); any other is a BuildError naming it. TFLite's SAME padding puts the odd pixel after (bottom,
+operators these models use are supported (CONV_2D, DEPTHWISE_CONV_2D, PRELU, ADD, MAX_POOL_2D, PAD,
+RESHAPE to a flat output, all float32); any other is a BuildError naming it. TFLite's SAME padding puts the odd pixel after (bottom,
 right), which `_same_pad` reproduces with an explicit pad before a VALID convolution.
 
 The export is verified against the TFLite file itself run by LiteRT (`ai-edge-litert`, a build-only
 dependency): random inputs and face crops from the shared photos, max |onnx - tflite| <= PARITY_TOLERANCE
 (in the model's output units: pixels of the 192x192 input for the landmarks, logits for the face flag).
 
-Input: float32 N x 3 x 192 x 192, RGB scaled to [0, 1]. Output "output": N x 1405, the 468 (x, y, z)
-landmarks in input pixels followed by the face-presence logit.
+Face model: input float32 N x 3 x 192 x 192, RGB scaled to [0, 1]; output "output": N x 1405, the 468
+(x, y, z) landmarks in input pixels followed by the face-presence logit.
+Eye model (iris.onnx): input N x 3 x 64 x 64 (a left eye; right eyes mirrored), output N x 228: 71
+eye/brow (x, y, z) then 5 iris (x, y, z), in input pixels.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from stream.modelstore import ONNX_FILE
 
 log = logging.getLogger(__name__)
 TFLITE_NAME = "face_landmark.tflite"
+IRIS_TFLITE_NAME = "iris_landmark.tflite"
+IRIS_FILE = "iris.onnx"
+IRIS_SIZE = 64
 INPUT_SIZE = 192
 N_POINTS = 468
 # Measured worst |onnx - tflite| over random and real inputs is ~1e-4 px; 2e-3 px (1/100,000 of
@@ -135,6 +142,13 @@ class TfliteGraph(nn.Module):
             if n0 or n1:
                 raise BuildError(f"{TFLITE_NAME}: PAD on the batch axis is not supported")
             return F.pad(x, (w0, w1, h0, h1, c0, c1))
+        if op.kind == "RESHAPE":
+            out = self.shapes[op.output]
+            if len(out) == 4:
+                raise BuildError(f"{TFLITE_NAME}: RESHAPE to 4 dimensions is not supported")
+            if x.dim() == 4:
+                x = x.permute(0, 2, 3, 1)  # flatten in TFLite's NHWC order
+            return x.reshape(-1, *out[1:])
         raise BuildError(f"{TFLITE_NAME}: unsupported operator {op.kind}")
 
 
@@ -216,6 +230,8 @@ def read_tflite(path: Path) -> TfliteGraph:
             )
         elif kind == "PAD":
             params = dict(pads=tensor_data(ins[1]).tolist())
+        elif kind == "RESHAPE":
+            pass  # the output tensor's static shape says it all
         else:
             raise BuildError(f"{path.name}: unsupported operator {kind}")
         ops.append(_Op(kind, ins, outs[0], params))
@@ -245,7 +261,7 @@ def tflite_reference(path: Path, x_nchw: np.ndarray) -> np.ndarray:
     return np.stack(rows)
 
 
-def real_crops(limit: int = 8) -> np.ndarray:
+def real_crops(limit: int = 8, size: int = INPUT_SIZE) -> np.ndarray:
     """Face-ish crops from the shared photos (centre squares resized to 192) for the parity check;
     empty when the shared data is not next to the repo."""
     import cv2
@@ -260,19 +276,19 @@ def real_crops(limit: int = 8) -> np.ndarray:
         s = min(h, w)
         sq = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s, ::-1]
         crops.append(
-            cv2.resize(sq, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
+            cv2.resize(sq, (size, size), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
         )
     return (
         (np.stack(crops).astype(np.float32) / 255.0)
         if crops
-        else np.zeros((0, 3, INPUT_SIZE, INPUT_SIZE), np.float32)
+        else np.zeros((0, 3, size, size), np.float32)
     )
 
 
-def parity(tflite_path: Path, onnx_path: Path) -> float:
+def parity(tflite_path: Path, onnx_path: Path, size: int = INPUT_SIZE) -> float:
     """Largest |onnx - tflite| over random inputs in [0, 1] and the shared photos' crops."""
     rng = np.random.default_rng(0)
-    x = np.concatenate([rng.random((3, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32), real_crops()])
+    x = np.concatenate([rng.random((3, 3, size, size), dtype=np.float32), real_crops(size=size)])
     ref = tflite_reference(tflite_path, x)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"input": x})[0]
@@ -281,18 +297,15 @@ def parity(tflite_path: Path, onnx_path: Path) -> float:
     return float(np.abs(got - ref).max())
 
 
-def build_face_landmark(inputs: dict[str, Path], out_dir: Path, spec: Any = None) -> dict[str, Any]:
-    """Read face_landmark.tflite, rebuild it in torch, export ONNX, verify against LiteRT."""
-    src = inputs.get(TFLITE_NAME)
-    if src is None or not Path(src).is_file():
-        raise BuildError(f"face landmark build: {TFLITE_NAME} missing from the inputs")
-    net = read_tflite(Path(src))
-    out_path = Path(out_dir) / ONNX_FILE
+def export_verified(tflite_path: Path, out_path: Path, size: int) -> float:
+    """Export the TFLite model as ONNX and return its worst difference from LiteRT (BuildError if over
+    PARITY_TOLERANCE)."""
+    net = read_tflite(tflite_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             net,
-            (torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE),),
+            (torch.rand(2, 3, size, size),),
             str(out_path),
             input_names=["input"],
             output_names=["output"],
@@ -300,15 +313,29 @@ def build_face_landmark(inputs: dict[str, Path], out_dir: Path, spec: Any = None
             opset_version=17,
             dynamo=False,
         )
-    worst = parity(Path(src), out_path)
+    worst = parity(tflite_path, out_path, size)
     if not worst <= PARITY_TOLERANCE:
         raise BuildError(f"{out_path.name}: ONNX differs from TFLite by {worst:.2e} (> {PARITY_TOLERANCE:g})")
-    log.info("face landmark ONNX matches TFLite within %.2e", worst)
+    log.info("%s matches %s within %.2e", out_path.name, tflite_path.name, worst)
+    return worst
+
+
+def build_face_landmark(inputs: dict[str, Path], out_dir: Path, spec: Any = None) -> dict[str, Any]:
+    """Read face_landmark.tflite and iris_landmark.tflite, rebuild them in torch, export ONNX, verify
+    against LiteRT."""
+    for name in (TFLITE_NAME, IRIS_TFLITE_NAME):
+        if inputs.get(name) is None or not Path(inputs[name]).is_file():
+            raise BuildError(f"face landmark build: {name} missing from the inputs")
+    worst = export_verified(Path(inputs[TFLITE_NAME]), Path(out_dir) / ONNX_FILE, INPUT_SIZE)
+    worst_iris = export_verified(Path(inputs[IRIS_TFLITE_NAME]), Path(out_dir) / IRIS_FILE, IRIS_SIZE)
     return {
         "file": ONNX_FILE,
         "input_size": [INPUT_SIZE, INPUT_SIZE],
         "input_scaling": "RGB / 255, NCHW",
         "output": "468 x (x, y, z) in input pixels, then the face-presence logit",
-        "tflite_parity_max_abs": worst,
+        "iris_file": IRIS_FILE,
+        "iris_input_size": [IRIS_SIZE, IRIS_SIZE],
+        "iris_output": "71 eye/brow x (x, y, z) then 5 iris x (x, y, z), in input pixels; right eyes mirrored",
+        "tflite_parity_max_abs": max(worst, worst_iris),
         "tflite_parity_tolerance": PARITY_TOLERANCE,
     }
