@@ -275,14 +275,8 @@ def real_crops(limit: int = 8, size: int = INPUT_SIZE) -> np.ndarray:
         h, w = img.shape[:2]
         s = min(h, w)
         sq = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s, ::-1]
-        crops.append(
-            cv2.resize(sq, (size, size), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
-        )
-    return (
-        (np.stack(crops).astype(np.float32) / 255.0)
-        if crops
-        else np.zeros((0, 3, size, size), np.float32)
-    )
+        crops.append(cv2.resize(sq, (size, size), interpolation=cv2.INTER_AREA).transpose(2, 0, 1))
+    return (np.stack(crops).astype(np.float32) / 255.0) if crops else np.zeros((0, 3, size, size), np.float32)
 
 
 def parity(tflite_path: Path, onnx_path: Path, size: int = INPUT_SIZE) -> float:
