@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from stream.liveness.blink import BlinkRules
-from tests.conftest import REPO, missing
+from tests.conftest import REPO
 
 PHOTOS = [
     "faces/face_recognition/knn_examples/train/kit_harington/john1.jpeg",
@@ -21,21 +20,6 @@ PHOTOS = [
     "faces/facenet-pytorch/test_images/angelina_jolie/1.jpg",
     "faces/facenet-pytorch/test_images/paul_rudd/1.jpg",
 ]
-
-
-@pytest.fixture(scope="module")
-def mesh(models_home: Path):
-    from facestream_models.build import pull
-    from stream.errors import FacestreamError
-    from stream.liveness.mesh import MODEL, FaceMesh
-    from stream.modelstore import is_built
-
-    if not is_built(MODEL, models_home):
-        try:
-            pull([MODEL], home=models_home)
-        except FacestreamError as e:
-            missing(f"{MODEL} not built and cannot be built: {e}")
-    return FaceMesh(models_home)
 
 
 def attacks_module():
@@ -72,3 +56,30 @@ def test_open_and_painted_shut_eyes(mesh, shared_data: Path) -> None:
     # No face in the crop: NaN, not a number that could be read as a blink.
     blank = np.full((300, 300, 3), 128, np.uint8)
     assert np.isnan(mesh.eyes(blank, np.array([[100, 100, 200, 200]], np.float32), lm * 0 + 150)).all()
+
+
+def test_the_embed_stage_measures_eyes_only_for_cameras_that_ask(
+    mesh, shared_data: Path, models_home
+) -> None:
+    from stream.detections import Detections
+    from stream.imageio import load_image
+    from stream.liveness.stage import EyeReader
+    from stream.pipeline import wire
+    from stream.pipeline.config import PipelineConfig
+
+    cfg = PipelineConfig(
+        sources=[{"url": "a", "name": "door", "liveness": {"mode": "blink"}}, {"url": "b", "name": "hall"}]
+    )
+    reader = EyeReader(cfg, home=models_home)
+    rel = PHOTOS[0]
+    ref = json.loads((shared_data / "reference" / "mtcnn" / "detections.json").read_text())["images"][rel]
+    face = (ref["faces"] if isinstance(ref, dict) else ref)[0]
+    img = load_image(shared_data / rel)
+    dets = Detections.of([face["box"]], [face["prob"]], [face["landmarks"]])
+    door = wire.frame_message("door", 0, img).to(wire.Dets, dets=dets)
+    hall = wire.frame_message("hall", 0, img).to(wire.Dets, dets=dets)
+    reader.measure(door)
+    reader.measure(hall)
+    assert door.dets.eyes is not None and 0.15 < float(door.dets.eyes[0]) < 0.4
+    assert hall.dets.eyes is None
+    assert EyeReader(PipelineConfig(sources=[{"url": "b"}])).mesh is None  # nobody asks: no model loaded
