@@ -240,6 +240,9 @@ def main() -> None:
     mtcnn = MTCNN(model_path("mtcnn"), device="cpu", min_face_size=args.min_face)
     mesh = FaceMesh()
     clip = la.read_clip(CLIP)
+    from stream import doctor
+
+    print(doctor.header())
     print(f"load: {open('/proc/loadavg').read().split()[:3]}  cpus: {os.cpu_count()}")
     t0 = time.monotonic()
     real = analyse("walkway clip", "real", clip, mtcnn.detect, mesh)
