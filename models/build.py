@@ -38,6 +38,10 @@ def _builder(name: str) -> Builder:
         from facestream_models.dlib_resnet import build_dlib_resnet
 
         return build_dlib_resnet
+    if name == "mediapipe-face-landmark":
+        from facestream_models.mediapipe_landmarks import build_face_landmark
+
+        return build_face_landmark
     if name.startswith("facenet-"):
         from facestream_models.inception_resnet_v1 import build_facenet
 

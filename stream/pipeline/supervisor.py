@@ -424,3 +424,5 @@ def precheck(cfg: PipelineConfig) -> None:
 
     require_model("mtcnn", cfg.home)
     require_model(cfg.model, cfg.home)
+    if any(s.liveness.mode != "off" for s in cfg.sources):  # liveness: the optional face mesh
+        require_model("mediapipe-face-landmark", cfg.home)

@@ -35,10 +35,11 @@ import numpy as np
 
 from stream.detections import Detections
 
-VERSION = 6  # 2: typed meta per kind, result faces as arrays (+ names), the capture-gone kind
+VERSION = 7  # 2: typed meta per kind, result faces as arrays (+ names), the capture-gone kind
 # 3: face quality (faces, result), candidates (result), the frame's change score; 4: eos origin;
 # 5: faces say which embeddings were carried over (reused);
-# 6: unknowns (result): the unknown identity of each face of an unknown track
+# 6: unknowns (result): the unknown identity of each face of an unknown track;
+# 7: liveness: faces carry the eye aspect ratio (eyes), results each face's track's liveness
 
 
 class Kind(StrEnum):
@@ -258,6 +259,7 @@ _KIND_ARRAYS: dict[Kind, dict[str, _Spec]] = {
         "embeddings": ("float32", None),
         "quality": ("float32", ()),
         "reused": ("uint8", ()),
+        "eyes": ("float32", ()),
     },
     Kind.RESULT: {
         **_DETECTOR,
@@ -275,6 +277,8 @@ def detections_to_wire(dets: Detections, kind: Kind) -> dict[str, np.ndarray]:
         col = getattr(dets, name)
         if col is None and name == "reused":  # not said: every embedding is fresh
             col = np.zeros(len(dets), np.uint8)
+        if col is None and name == "eyes":  # not measured (the camera does not ask for liveness)
+            col = np.full(len(dets), np.nan, np.float32)
         if col is None:
             if len(dets):
                 raise WireError(f"{kind}: detections without {name}")
@@ -293,6 +297,7 @@ def detections_from_wire(
     names: list[str | None] | None = None,
     candidates: list[str | None] | None = None,
     unknowns: list[str | None] | None = None,
+    liveness: list[str | None] | None = None,
 ) -> Detections:
     """A Detections viewing the received arrays (validated by decode)."""
     return Detections(
@@ -307,13 +312,16 @@ def detections_from_wire(
         candidates,
         None if arrays.get("reused") is None else arrays["reused"].astype(bool),
         unknowns,
+        arrays.get("eyes"),
+        liveness,
     )
 
 
 def faces_json(dets: Detections) -> list[dict[str, Any]]:
     """The `faces` of a `run --out` line (README, "Output fields"): box, score, landmarks (rounded),
     track, name (the decision), candidate and distance (this face's own nearest person; both None
-    when there is no one to be near), quality."""
+    when there is no one to be near), quality, liveness (of the face's track: live | not_live |
+    unknown; None where the camera does not ask)."""
     n = len(dets)
     tracks: list[Any] = dets.tracks.tolist() if dets.tracks is not None else [None] * n
     names = dets.names if dets.names is not None else [None] * n
@@ -321,6 +329,7 @@ def faces_json(dets: Detections) -> list[dict[str, Any]]:
     unknowns = dets.unknowns if dets.unknowns is not None else [None] * n
     distances = dets.distances if dets.distances is not None else np.full(n, np.inf)
     quality: list[Any] = dets.quality.tolist() if dets.quality is not None else [None] * n
+    live = dets.liveness if dets.liveness is not None else [None] * n
     return [
         {
             "box": [round(float(x), 2) for x in dets.boxes[i]],
@@ -332,6 +341,7 @@ def faces_json(dets: Detections) -> list[dict[str, Any]]:
             "unknown": unknowns[i],
             "distance": round(float(distances[i]), 5) if math.isfinite(distances[i]) else None,
             "quality": None if quality[i] is None or not math.isfinite(quality[i]) else round(quality[i], 3),
+            "liveness": live[i],
         }
         for i in range(n)
     ]
@@ -348,6 +358,8 @@ def _meta(msg: Message) -> dict[str, Any]:
         meta["candidates"] = cands if cands is not None else [None] * len(msg.dets)
         unk = msg.dets.unknowns
         meta["unknowns"] = unk if unk is not None else [None] * len(msg.dets)
+        live = msg.dets.liveness
+        meta["liveness"] = live if live is not None else [None] * len(msg.dets)
     return meta
 
 
@@ -451,8 +463,9 @@ def decode(parts: Sequence[Any]) -> Message:
         names = fields_.pop("names", None)
         cands = fields_.pop("candidates", None)
         unk = fields_.pop("unknowns", None)
+        live = fields_.pop("liveness", None)
         try:
-            fields_["dets"] = detections_from_wire(_kind_arrays(kind, arrays), names, cands, unk)
+            fields_["dets"] = detections_from_wire(_kind_arrays(kind, arrays), names, cands, unk, live)
         except ValueError as e:  # names that disagree with the arrays on the number of faces
             raise WireError(f"{kind}: {e}") from None
     elif arrays:
@@ -488,11 +501,12 @@ _FRAME_META: dict[str, Any] = {
     "error": (str, type(None)),
     "change": (int, float, type(None)),
 }
+_LIVENESS = ("live", "not_live", "unknown", None)  # stream.liveness.judge.VERDICTS, or not asked
 _KIND_META: dict[Kind, dict[str, Any]] = {
     Kind.FRAME: _FRAME_META,
     Kind.DETS: _FRAME_META,
     Kind.FACES: _FRAME_META,
-    Kind.RESULT: {**_FRAME_META, "names": list, "candidates": list, "unknowns": list},
+    Kind.RESULT: {**_FRAME_META, "names": list, "candidates": list, "unknowns": list, "liveness": list},
     Kind.EOS: {
         "read": int,
         "dropped": dict,
@@ -533,6 +547,8 @@ def _kind_meta(kind: Kind, meta: dict[str, Any]) -> dict[str, Any]:
         raise WireError("result: candidates must be strings or null")
     if kind == Kind.RESULT and not all(isinstance(x, str | None) for x in meta["unknowns"]):
         raise WireError("result: unknowns must be strings or null")
+    if kind == Kind.RESULT and not all(x in _LIVENESS for x in meta["liveness"]):
+        raise WireError("result: liveness must be live, not_live, unknown or null")
     out = dict(meta)
     for key in ("fps", "pts", "change"):
         if out.get(key) is not None:

@@ -216,7 +216,18 @@ def test_full_clip_end_to_end(full_run):
     assert with_faces >= 0.9 * CLIP_FRAMES, with_faces
     r = rows[0]
     assert set(r) >= {"camera", "seq", "t_capture", "faces", "latency_ms"}
-    fields = {"box", "score", "landmarks", "track", "name", "candidate", "unknown", "distance", "quality"}
+    fields = {
+        "box",
+        "score",
+        "landmarks",
+        "track",
+        "name",
+        "candidate",
+        "unknown",
+        "distance",
+        "quality",
+        "liveness",
+    }
     assert set(r["faces"][0]) == fields
     assert len(r["faces"][0]["landmarks"]) == 5
     faces = [f for r in rows for f in r["faces"]]

@@ -201,6 +201,7 @@ def test_result_round_trip_and_json_faces():
         "unknown": None,
         "distance": 0.12346,
         "quality": 0.0,
+        "liveness": None,  # the camera does not ask for liveness
     }
     assert faces[1]["distance"] is None and faces[1]["name"] == "p1" and faces[1]["candidate"] is None
     assert faces[2]["quality"] == 1.0 and faces[2]["unknown"] == "unknown-7"
@@ -224,6 +225,26 @@ def test_result_columns_are_checked_and_the_change_score_travels():
         wire.decode([msgpack.packb(header), *wire.encode(msg)[1:]])
     with pytest.raises(wire.WireError, match="without quality"):
         wire.encode(msg.to(wire.Result, dets=named(2).with_columns(quality=None)))
+
+
+def test_liveness_travels_with_faces_and_results():
+    faces = faces_msg(3)
+    assert np.isnan(wire.decode(wire.encode(faces)).dets.eyes).all()  # not measured: NaN
+    faces.dets = faces.dets.with_columns(eyes=np.array([0.3, np.nan, 0.1], np.float32))
+    back = wire.decode(wire.encode(faces))
+    assert back.dets.eyes[0] == pytest.approx(0.3) and np.isnan(back.dets.eyes[1])
+    msg = faces.to(wire.Result, dets=named(3).with_columns(liveness=["live", None, "not_live"]))
+    back = wire.decode(wire.encode(msg))
+    assert back.dets.liveness == ["live", None, "not_live"]
+    assert [f["liveness"] for f in wire.faces_json(back.dets)] == ["live", None, "not_live"]
+    assert back.dets[[2]].liveness == ["not_live"]
+    header = msgpack.unpackb(wire.encode(msg)[0])
+    header["meta"]["liveness"] = ["live", "alive", None]
+    with pytest.raises(wire.WireError, match="liveness must be"):
+        wire.decode([msgpack.packb(header), *wire.encode(msg)[1:]])
+    header["meta"]["liveness"] = ["live"]  # one verdict for three faces
+    with pytest.raises(wire.WireError, match="liveness"):
+        wire.decode([msgpack.packb(header), *wire.encode(msg)[1:]])
 
 
 def test_capture_gone_is_its_own_kind():

@@ -11,6 +11,7 @@ import numpy as np
 import zmq
 
 from stream.detections import Detections
+from stream.liveness.stage import EyeReader
 from stream.pipeline import framering, metrics, wire
 from stream.pipeline.batching import Received, take_batch
 from stream.pipeline.follow import Follow, Followed, FollowSettings
@@ -42,6 +43,7 @@ class Embed(Stage):
         )
         w, h = self.embedder.crop_spec.size
         self.embedder.embed(np.zeros((8, h, w, 3), np.uint8))  # warm-up: first runs are slow (allocations)
+        self.eyes = EyeReader(cfg, threads)  # liveness: only for cameras that ask (stream/liveness)
         f = cfg.embed.follow
         self.follow = Follow(
             FollowSettings(f.max_age, f.min_iou, f.min_quality, f.quality_gain, f.max_chip_change)
@@ -69,6 +71,7 @@ class Embed(Stage):
                 self.pixels,
                 self.follow,
                 self.cfg.match.tracking.cut_change,
+                self.eyes,
             )
 
 
@@ -95,6 +98,7 @@ def process(
     pixels: framering.StagePixels | None = None,
     follow: Follow | None = None,
     cut_change: float = 1.0,
+    eyes: EyeReader | None = None,
 ) -> None:
     follow = follow or Follow(FollowSettings(max_age=0))
     # Ring frames: crops are cut from the slot in place (load) and kept only if the slot still held the
@@ -120,6 +124,8 @@ def process(
             except Exception as e:  # noqa: BLE001 - one bad frame must not kill the stage
                 log.warning("%s/%d: cannot crop faces: %s", msg.cam, msg.seq, e)
                 msg.error = "alignment failed"
+            if eyes is not None:
+                eyes.measure(msg)  # while the pixels are loaded: checked with the crops just below
             if pixels is not None and not pixels.check(msg):
                 dropped.add(id(r))
                 continue

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zmq
 
+from stream.liveness.stage import LivenessBook
 from stream.pipeline import transport, wire
 from stream.pipeline.batching import receive
 from stream.pipeline.config import PipelineConfig
@@ -57,6 +58,7 @@ class Namer:
                 self.strangers = Strangers(cfg.gallery, cfg.model, threshold, self.metric, cfg.match.unknowns)
             except (FacestreamError, sqlite3.Error) as e:  # a read-only gallery: names still work
                 log.warning("unknown clustering off: cannot write to gallery %s (%s)", cfg.gallery, e)
+        self.liveness = LivenessBook(cfg)  # cameras that ask for liveness (stream/liveness)
         self._next_refresh = time.monotonic() + cfg.match.refresh_s
 
     def tracker(self, cam: str) -> FaceTracker:
@@ -132,11 +134,18 @@ class Namer:
             quality=np.asarray(quality, np.float32),
             unknowns=[u if tf.name is None else None for u, tf in zip(unknowns, tracked, strict=True)],
         )
-        return msg.to(wire.Result, dets=named), [e.to_dict() for e in events + more] + extra
+        out = [e.to_dict() for e in events + more]
+        self.liveness.annotate(msg.cam, out)
+        result, live_events = self.liveness.update(
+            msg.cam, t, msg.to(wire.Result, dets=named), set(tracker.tracks)
+        )
+        return result, out + extra + live_events
 
     def end(self, cam: str, t: float) -> list[dict[str, Any]]:
         tracker = self.trackers.pop(cam, None)
         events = [e.to_dict() for e in tracker.flush(t)] if tracker is not None else []
+        self.liveness.annotate(cam, events)
+        self.liveness.end(cam)
         if self.strangers is not None:
             events += self.strangers.end_camera(cam, time.time())
         return events

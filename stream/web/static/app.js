@@ -75,7 +75,7 @@ function camera(name) {
 function label(f) {
   const who = f.name || f.unknown || "unknown"; // a stranger seen before: their unknown-N id
   const extra = [f.distance != null ? f.distance.toFixed(2) : null, f.quality != null ? `q ${(+f.quality).toFixed(2)}` : null,
-    f.track != null ? `#${f.track}` : null].filter(Boolean).join(" ");
+    f.track != null ? `#${f.track}` : null, f.liveness ? f.liveness.replace("_", " ") : null].filter(Boolean).join(" ");
   return `${who} ${extra}`;
 }
 
