@@ -39,7 +39,10 @@ class Relay(Stage):
                 return
         if not self.inp.poll(100, zmq.POLLIN):
             return
-        parts = transport.recv_parts(self.inp, zmq.NOBLOCK)
+        try:
+            parts = transport.recv_parts(self.inp, zmq.NOBLOCK)
+        except zmq.Again:  # its sender went away between the poll and now
+            return
         while not self.stop:
             try:
                 self.out.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
