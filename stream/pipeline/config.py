@@ -33,10 +33,10 @@ host with a supervisor that knows every worker's index does not need.
 Liveness (tcp, links.py): TCP keepalive and a user timeout on every link, so a peer lost with its
 host is noticed in seconds instead of when TCP gives up (minutes to hours): a PUSH stops routing to
 it, a connecting socket reconnects (through a Service: to its replacement), and the loss is counted
-(facestream_links_lost_total). Sending sockets also send a ZeroMQ heartbeat each `heartbeat_s` and
-drop a peer that answers none for `peer_timeout_s` (a hung process whose kernel still answers);
-that must be longer than a healthy consumer's longest pause, as a consumer with a full queue reads
-its heartbeats only when it takes its next message.
+(facestream_links_lost_total). With `heartbeat_s` > 0, sending sockets also send a ZeroMQ heartbeat
+that often and drop a peer that answers none for `peer_timeout_s` (a hung process whose kernel
+still answers). Off by default: with libzmq 4.3.5 a producer that exits with heartbeats on can make
+its consumers lose the frames they had not read yet (links.py says how, and what was measured).
 
 `transport.curve` encrypts and authenticates every tcp link (ZeroMQ CURVE; files in
 stream/pipeline/security.py). It is refused with `kind: ipc`: ipc sockets never leave the host and
@@ -253,9 +253,9 @@ class TransportConfig(_Strict):
     ring_slots: int | None = Field(None, ge=4, le=4096)  # None: from the HWMs and batches (ring_slots())
     ring_mb: int = Field(512, ge=16)  # the default slots are capped to this much memory per camera
     shm_dir: Path | None = None  # set by the supervisor: its private ring directory
-    # tcp sending sockets: a ZeroMQ heartbeat this often (0: none); a peer that answers none for
-    # peer_timeout_s is dropped (longer than any healthy consumer's pause between two messages).
-    heartbeat_s: float = Field(2.0, ge=0, le=60)
+    # tcp sending sockets: a ZeroMQ heartbeat this often (0: none, the default: see links.py); a peer
+    # that answers none for peer_timeout_s is dropped (longer than a healthy consumer's longest pause).
+    heartbeat_s: float = Field(0.0, ge=0, le=60)
     peer_timeout_s: float = Field(30.0, gt=0, le=600)
 
     @field_validator("host")

@@ -10,15 +10,19 @@ reconnects to the replacement behind its Service. Two layers, each where it is s
   (ZMQ_TCP_MAXRT) on a link with data unacknowledged (USER_TIMEOUT_S). A host that is gone answers
   neither, so its connections close within seconds. A live peer's kernel acknowledges both however
   busy the peer is, also while its receive window is full: backpressure never looks like a loss.
-- ZeroMQ heartbeats (ZMTP PING/PONG), on sending sockets only (PUSH, PUB): they catch a process that
-  hangs while its kernel still acknowledges (SIGSTOP, a deadlock). A PING is answered once the peer's
-  engine reads it, and a consumer whose queue is full reads nothing until it takes a message, so the
-  timeout (`transport.peer_timeout_s`) must be longer than a healthy consumer's longest pause. Not on
-  receiving sockets: libzmq 4.3.5 aborts (`Assertion failed: !_io_error`,
-  stream_engine_base.cpp:310; zeromq/libzmq#4841) when a heartbeat timer fires on a connection whose
-  input a full queue had stopped and whose peer then closed it -- the normal state of a backpressured
-  PULL whose producer exits (seen here: a detect worker aborted as its capture finished). No TTL
-  either: it would make the receiving side drop a healthy link whose queue stayed full that long.
+- ZeroMQ heartbeats (ZMTP PING/PONG), only with `transport.heartbeat_s` > 0 (off by default), on
+  sending sockets only (PUSH, PUB): they catch a process that hangs while its kernel still
+  acknowledges (SIGSTOP, a deadlock), which the kernel cannot. Off by default because with libzmq
+  4.3.5 they cost frames: a producer that exits (a camera's end, a pod stopped) closes its socket
+  while its consumers' PONGs keep arriving, its kernel answers them with a reset, and a reset makes
+  the consumer discard what it had not yet read -- measured here, a slow PULL got 25 of 30 frames
+  whose PUSH exited with heartbeats on, all 30 without (tests/pipeline/test_links.py keeps the
+  latter). Not on receiving sockets at all: libzmq 4.3.5 aborts (`Assertion failed: !_io_error`,
+  stream_engine_base.cpp:310; zeromq/libzmq#4841) when a heartbeat timer fires on a connection
+  whose input a full queue had stopped and whose peer then closed it -- the normal state of a
+  backpressured PULL whose producer exits (seen here: a detect worker aborted as its capture
+  finished). A PING is answered only once the consumer reads it, after the frames queued before it,
+  so `transport.peer_timeout_s` must be longer than a healthy consumer's longest pause.
 
 `LinkMonitor` (libzmq allows one monitor per socket, so it is the only one), on every socket a stage
 binds -- the fixed side, which in Kubernetes (topology replicas) sees every replica; a connecting
@@ -57,15 +61,16 @@ _HANDSHAKE = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO
 
 
 def set_liveness(sock: zmq.Socket[Any], kind: int, t: TransportConfig | None) -> None:
-    """Keepalive and TCP_USER_TIMEOUT on a socket with tcp links; heartbeats when it only sends
-    (unless transport.heartbeat_s is 0). See the module docstring for why not on receiving sockets."""
+    """Keepalive and TCP_USER_TIMEOUT on a socket with tcp links; heartbeats when it only sends and
+    transport.heartbeat_s is set. See the module docstring for why not by default, nor on receiving
+    sockets."""
     idle, interval, count = KEEPALIVE
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
     sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, idle)
     sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, interval)
     sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, count)
     sock.setsockopt(zmq.TCP_MAXRT, USER_TIMEOUT_S * 1000)  # TCP_USER_TIMEOUT on Linux
-    heartbeat_s = 2.0 if t is None else t.heartbeat_s
+    heartbeat_s = 0.0 if t is None else t.heartbeat_s
     timeout_s = 30.0 if t is None else t.peer_timeout_s
     if heartbeat_s and kind in _HEARTBEATS_ON:
         sock.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat_s * 1000))
