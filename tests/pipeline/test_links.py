@@ -1,8 +1,14 @@
-"""tcp links notice a peer that vanished without a word (links.py). A process stopped with SIGSTOP
-keeps its connections open -- no FIN, no RST, its kernel acknowledges everything -- so only the
-ZeroMQ heartbeats of the side that sends can tell it is gone: the bound PUSH (a capture, the relay)
-drops the connection within the peer timeout, stops routing frames to it, and counts it
-(facestream_links_lost_total, one log line). Without heartbeats nothing notices."""
+"""tcp links notice a peer that vanished without a word (links.py), and lose nothing when a peer
+leaves properly.
+
+- A host that vanishes (here: the veth between two network namespaces deleted while frames flow) is
+  noticed with the default settings: TCP's user timeout and keepalive close the link in seconds.
+- A process stopped with SIGSTOP keeps its connections open -- its kernel acknowledges everything --
+  so only ZeroMQ heartbeats (transport.heartbeat_s, off by default) tell it is gone: the bound PUSH
+  drops the connection within the peer timeout, stops routing frames to it, and counts it
+  (facestream_links_lost_total, one log line). Without heartbeats nothing notices.
+- A producer that exits leaves its last frames to a slow consumer (the reason heartbeats are off by
+  default)."""
 
 from __future__ import annotations
 
