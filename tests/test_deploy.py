@@ -983,7 +983,7 @@ def test_k8s_pods_run_the_pipeline_with_replicas_and_survive_losing_one(
 
         # The camera stops (SIGINT: its end-of-stream goes behind its last frames). The sink ends by
         # itself once match let the end go: after every frame, or after the few lost with the pods.
-        sink = procs.pop("facestream-sink")
+        sink = procs["facestream-sink"]  # still in procs: stopped in `finally` if it hangs
         procs["facestream-capture-door"].send_signal(signal.SIGINT)
         assert sink.wait(180) == 0, (pods["facestream-sink"]["root"] / "log.txt").read_text()[-3000:]
         rows = [json.loads(line) for line in results.read_text().splitlines()]
