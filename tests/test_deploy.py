@@ -152,7 +152,7 @@ def test_every_k8s_file_is_used() -> None:
         used |= {(folder / f).resolve() for g in k.get("configMapGenerator", []) for f in g.get("files", [])}
     files = {p.resolve() for p in K8S.rglob("*.yaml")}
     assert files - used == set(), "not in any kustomization"
-    assert {p.name for p in KUSTOMIZATIONS} == {"base", "gpu"}
+    assert {p.name for p in KUSTOMIZATIONS} == {"base", "gpu", "prometheus-adapter"}
 
 
 def resources(folder: Path) -> list[Path]:
@@ -191,48 +191,94 @@ def test_kubernetes_validate_refuses_an_unknown_field(tmp_path: Path) -> None:
 
 
 def test_k8s_config_is_a_valid_pipeline_config() -> None:
-    """The ConfigMap's file passes the pipeline's own strict validation (tcp + CURVE, one host per
-    role named as its Service)."""
+    """The ConfigMap's file passes the pipeline's own strict validation (tcp + CURVE, the replicas
+    topology, one host per binding role named as its Service)."""
     from stream.pipeline import config
 
     cfg = config.load(K8S / "base" / "facestream.yaml")
-    assert cfg.transport.kind == "tcp" and cfg.transport.curve is not None
+    assert cfg.transport.kind == "tcp" and cfg.transport.curve is not None and cfg.replicas
     services = {d["metadata"]["name"]: d for d in rendered(K8S / "base") if d["kind"] == "Service"}
-    for role in ("capture", "detect", "embed", "match"):
+    for role in ("capture", "relay", "match"):
         assert cfg.transport.host_of(role) in services, f"{role}'s host is not a Service"
 
 
-def test_k8s_every_worker_has_its_deployment_and_service_port() -> None:
-    """Each endpoint the config makes a consumer connect to is a Service port whose named target
-    only that worker's pod declares (the same containerPort), and that pod runs that role and index
-    and binds its Service name (hostAliases 0.0.0.0)."""
+def bound_endpoints(cfg) -> dict[str, str]:
+    """Every endpoint some process binds in this config -> the role that binds it (replicas: the
+    relay binds detect's output, match embed's)."""
+    from stream.pipeline.roles import RESULTS, Role
+
+    out = {cfg.endpoint(Role.CAPTURE, i): "capture" for i in range(len(cfg.sources))}
+    for role in (Role.DETECT, Role.RELAY, Role.EMBED, Role.MATCH):
+        out[cfg.endpoint(role)] = cfg.binder(role)
+    out[cfg.endpoint(RESULTS)] = "match"
+    return out
+
+
+def test_k8s_every_bound_endpoint_has_its_pod_and_service_port() -> None:
+    """Each endpoint the config binds is a Service port whose named target only one pod declares
+    (the same containerPort); that pod runs the binding role and binds its Service name (hostAliases
+    0.0.0.0). Those fixed roles run one pod each (Recreate); detect and embed bind nothing, declare no
+    ZeroMQ port and no --index, and are one Deployment each with several replicas that roll over
+    without a gap (RollingUpdate, maxUnavailable 0)."""
     from stream.pipeline import config
-    from stream.pipeline.roles import Role
 
     cfg = config.load(K8S / "base" / "facestream.yaml")
     docs = rendered(K8S / "base")
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    deployments = {d["metadata"]["labels"]["facestream/stage"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(deployments) == {"capture", "detect", "relay", "embed", "match", "sink"}
     pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
-    assert len(pods) == len(cfg.sources) + cfg.detect.workers + cfg.embed.workers + 2
-    for role in (Role.CAPTURE, Role.DETECT, Role.EMBED, Role.MATCH):
-        for index in range(cfg.workers(role)):
-            host, port = cfg.endpoint(role, index).removeprefix("tcp://").rsplit(":", 1)
-            (sp,) = [p for p in services[host]["spec"]["ports"] if p["port"] == int(port)]
-            owners = [
-                pod
-                for pod in pods
-                for c in pod["containers"]
-                for cp in c.get("ports", [])
-                if cp["name"] == sp["targetPort"]
-            ]
-            assert len(owners) == 1, f"{role} {index}: {len(owners)} pods declare {sp['targetPort']}"
-            (pod,) = owners
-            (c,) = pod["containers"]
-            assert [cp["containerPort"] for cp in c["ports"] if cp["name"] == sp["targetPort"]] == [int(port)]
-            assert c["args"][:2] == ["stage", role.value] and c["args"][
-                c["args"].index("--index") + 1
-            ] == str(index)
-            assert {"ip": "0.0.0.0", "hostnames": [host]} in pod["hostAliases"]
+    bound = bound_endpoints(cfg)
+    assert len(bound) == len(cfg.sources) + 5
+    for endpoint, role in bound.items():
+        host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+        (sp,) = [p for p in services[host]["spec"]["ports"] if p["port"] == int(port)]
+        owners = [
+            pod
+            for pod in pods
+            for c in pod["containers"]
+            for cp in c.get("ports", [])
+            if cp["name"] == sp["targetPort"]
+        ]
+        assert len(owners) == 1, f"{endpoint}: {len(owners)} pods declare {sp['targetPort']}"
+        (pod,) = owners
+        (c,) = pod["containers"]
+        assert [cp["containerPort"] for cp in c["ports"] if cp["name"] == sp["targetPort"]] == [int(port)]
+        assert c["args"][:2] == ["stage", role]
+        assert {"ip": "0.0.0.0", "hostnames": [host]} in pod["hostAliases"]
+    for role, d in deployments.items():
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        if role in ("detect", "embed"):
+            assert d["spec"]["replicas"] >= 2, role
+            assert d["spec"]["strategy"] == {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            }
+            assert "--index" not in c["args"] and [p["name"] for p in c["ports"]] == ["metrics"]
+            assert "hostAliases" not in d["spec"]["template"]["spec"]
+        else:
+            assert d["spec"]["replicas"] == 1 and d["spec"]["strategy"] == {"type": "Recreate"}, role
+
+
+def test_hpa_scales_detect_and_embed_on_a_metric_the_adapter_serves() -> None:
+    """Each HorizontalPodAutoscaler targets the detect or embed Deployment, on a Pods metric that the
+    prometheus-adapter rule serves, computed from a counter the stages export."""
+    docs = rendered(K8S / "base")
+    deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
+    hpas = {d["spec"]["scaleTargetRef"]["name"]: d for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+    assert set(hpas) == {"facestream-detect", "facestream-embed"} and set(hpas) <= deployments
+    (adapter,) = rendered(K8S / "prometheus-adapter")
+    assert adapter["metadata"] == {"name": "adapter-config", "namespace": "monitoring"}
+    rules = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    served = {r["name"]["as"]: r for r in rules}
+    for hpa in hpas.values():
+        assert hpa["apiVersion"] == "autoscaling/v2" and hpa["spec"]["minReplicas"] >= 2
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["type"] == "Pods"
+        rule = served[metric["pods"]["metric"]["name"]]
+        assert promql_names(rule["seriesQuery"]) <= exported_metric_names()
+        assert re.fullmatch(rule["name"]["matches"], "facestream_busy_seconds_total")
+        assert {"namespace", "pod"} <= set(rule["resources"]["overrides"])
 
 
 def test_gpu_overlay_puts_detect_and_embed_on_gpus() -> None:
@@ -710,14 +756,19 @@ def live_clip(shared_data: Path, tmp_path: Path) -> Path:
     return path
 
 
-def test_k8s_pods_run_the_pipeline_and_survive_a_pod_restart(
+def test_k8s_pods_run_the_pipeline_with_replicas_and_survive_losing_one(
     live_clip: Path, models_home: Path, tmp_path: Path
 ) -> None:
-    """The rendered base, run as pods: frames from the camera reach the sink's results through the
-    Services (ZeroMQ + CURVE with the init container's key layout, each role bound on its own
-    Service name through hostAliases 0.0.0.0), every pod's probe endpoint answers on its pod
-    address, and when detect-0's container is killed and started again, detect-1 carries the
-    frames meanwhile and detect-0 gets frames again once it is back, without touching its peers."""
+    """The rendered base, run as pods: a pod per replica (two detect and two embed replicas of ONE
+    Deployment each). Frames from the camera reach the sink's results through the Services (ZeroMQ +
+    CURVE with the init container's key layout; the fixed roles bind on their Service names through
+    hostAliases 0.0.0.0, the replicas bind nothing); every pod's probe endpoint answers; both detect
+    and both embed replicas get frames. One detect replica is killed: the other carries the frames,
+    and its replacement (a new pod of the Deployment) gets frames without any other pod being
+    touched; then one embed replica is killed and the other carries on. At the end the camera stops:
+    its end-of-stream passes the replicas and the relay, match lets it go after the camera's frames
+    (or says how many were lost with the killed pods, few), and the sink ends by itself with every
+    frame written once."""
     import signal
 
     from waiting import wait_until
@@ -728,6 +779,8 @@ def test_k8s_pods_run_the_pipeline_and_survive_a_pod_restart(
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     services = [d for d in docs if d["kind"] == "Service"]
     (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert deployments["facestream-detect"]["spec"]["replicas"] == 2
+    assert deployments["facestream-embed"]["spec"]["replicas"] == 2
 
     try:
         net = PodNetwork(f"fs{os.getpid() % 100000}")
@@ -747,8 +800,15 @@ def test_k8s_pods_run_the_pipeline_and_survive_a_pod_restart(
         (var / "gallery").mkdir(parents=True)
         (var / "out").mkdir()
 
+        # A pod per replica, named like the ReplicaSet's (Deployment name + a suffix); one more pod
+        # slot for the detect replica's replacement.
+        pod_specs = [
+            (f"{name}-{r}" if d["spec"]["replicas"] > 1 else name, d)
+            for name, d in sorted(deployments.items())
+            for r in range(d["spec"]["replicas"] + (1 if name == "facestream-detect" else 0))
+        ]
         pods: dict[str, dict] = {}
-        for i, (name, d) in enumerate(sorted(deployments.items())):
+        for i, (name, d) in enumerate(pod_specs):
             ns, address = net.pod(i)
             root = tmp_path / "pods" / name
             (root / "etc").mkdir(parents=True)
@@ -823,11 +883,16 @@ def test_k8s_pods_run_the_pipeline_and_survive_a_pod_restart(
             log = open(pods[name]["root"] / "log.txt", "a")
             procs[name] = subprocess.Popen(commands[name], stdout=log, stderr=log, env=env)
 
+        replacement = "facestream-detect-2"
         for name in commands:
-            start(name)
+            if name != replacement:
+                start(name)
 
         def metrics(name: str) -> str:
             return f"http://{pods[name]['address']}:9108/metrics"
+
+        def frames(name: str, stage: str) -> float:
+            return scrape_sum(net.switch, metrics(name), "facestream_frames_total", stage=stage)
 
         def alive() -> None:
             for name, proc in procs.items():
@@ -841,43 +906,78 @@ def test_k8s_pods_run_the_pipeline_and_survive_a_pod_restart(
             return len(results.read_text().splitlines()) if results.exists() else 0
 
         wait_until(lambda: written() >= 10, 300, "results through every pod")
-        for name in pods:  # the readiness/liveness probes' request, from outside the pod
-            assert http_status(net.switch, metrics(name)) == 200, name
+        for name in procs:  # the readiness/liveness probes' request, from outside the pod
+            if name in pods:
+                assert http_status(net.switch, metrics(name)) == 200, name
         lines = [json.loads(line) for line in results.read_text().splitlines()]
         assert {r["camera"] for r in lines} == {"door"}
         assert any(r["faces"] for r in lines), "no faces in the results"
+        # Interchangeable replicas: each one of the two Deployments' replicas gets frames.
+        for stage in ("detect", "embed"):
+            for r in (0, 1):
+                name = f"facestream-{stage}-{r}"
+                wait_until(lambda name=name, stage=stage: alive() or frames(name, stage) > 0, 120, name)
 
-        # A pod restart: detect-0's container dies; detect-1 carries the frames meanwhile.
+        # A replica dies (its pod is gone); the other carries the frames meanwhile.
         procs["facestream-detect-0"].send_signal(signal.SIGKILL)
         procs["facestream-detect-0"].wait(30)
         del procs["facestream-detect-0"]
-        d1 = scrape_sum(net.switch, metrics("facestream-detect-1"), "facestream_frames_total", stage="detect")
-        n = written()
+        d1, n = frames("facestream-detect-1", "detect"), written()
         wait_until(
-            lambda: (
-                scrape_sum(
-                    net.switch, metrics("facestream-detect-1"), "facestream_frames_total", stage="detect"
-                )
-                > d1 + 5
-                and written() > n + 5
-            ),
+            lambda: frames("facestream-detect-1", "detect") > d1 + 5 and written() > n + 5,
             120,
-            "frames through detect-1 while detect-0 is down",
+            "frames through detect-1 while detect-0 is gone",
         )
-        start("facestream-detect-0")  # kubelet restarts the container, in the same pod
+        # The ReplicaSet's replacement: a new pod, nothing else touched, gets its share.
+        start(replacement)
         wait_until(
-            lambda: (
-                alive()
-                or scrape_sum(
-                    net.switch, metrics("facestream-detect-0"), "facestream_frames_total", stage="detect"
-                )
-                >= 3
-            ),
-            300,
-            "frames through the restarted detect-0",
+            lambda: alive() or frames(replacement, "detect") >= 3, 300, "frames through the new replica"
         )
-        n = written()
-        wait_until(lambda: written() > n + 5, 120, "results after the restart")
+
+        procs["facestream-embed-0"].send_signal(signal.SIGKILL)
+        procs["facestream-embed-0"].wait(30)
+        del procs["facestream-embed-0"]
+        e1, n = frames("facestream-embed-1", "embed"), written()
+        wait_until(
+            lambda: frames("facestream-embed-1", "embed") > e1 + 5 and written() > n + 5,
+            120,
+            "frames through embed-1 while embed-0 is gone",
+        )
+
+        # The camera stops (SIGINT: its end-of-stream goes behind its last frames). The sink ends by
+        # itself once match let the end go: after every frame, or after the few lost with the pods.
+        sink = procs["facestream-sink"]  # still in procs: stopped in `finally` if it hangs
+        procs["facestream-capture-door"].send_signal(signal.SIGINT)
+        assert sink.wait(180) == 0, (pods["facestream-sink"]["root"] / "log.txt").read_text()[-3000:]
+        rows = [json.loads(line) for line in results.read_text().splitlines()]
+        seqs = [r["seq"] for r in rows]
+        assert len(seqs) == len(set(seqs)), "a frame written twice"
+        match_log = (pods["facestream-match"]["root"] / "log.txt").read_text()
+        ends = re.findall(r"its end goes on after (\d+) of (\d+) frames", match_log)
+        # What the two killed pods held, at most: their queues and batches, and the kernel's TCP
+        # buffers of their two frame links each (sender's send buffer + receiver's receive buffer,
+        # each up to its tcp_wmem / tcp_rmem maximum: far more than the ZeroMQ high-water marks).
+        cfg = yaml.safe_load(configmap["data"]["facestream.yaml"])
+        hwm, frame_bytes = cfg["transport"]["hwm"], 640 * 360 * 3
+        wmem, rmem = (
+            int(
+                subprocess.run(
+                    ["ip", "netns", "exec", net.switch, "cat", f"/proc/sys/net/ipv4/{name}"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.split()[-1]
+            )
+            for name in ("tcp_wmem", "tcp_rmem")
+        )
+        in_tcp = -(-(wmem + rmem) // frame_bytes)
+        held = (
+            2 * 2 * in_tcp
+            + (2 * hwm + cfg["detect"]["max_batch"] + 1)
+            + (2 * hwm + cfg["embed"]["max_batch"] + 1)
+        )
+        for got, sent in ends:
+            assert 0 < int(sent) - int(got) <= held, (got, sent, held)
     finally:
         for proc in procs.values():
             if proc.poll() is None:

@@ -30,8 +30,13 @@ class Received:
 
 def receive(sock: zmq.Socket[Any], stage: str, flags: int = 0, trust: Trust | None = None) -> Received | None:
     """One message, decoded and validated (and admitted by `trust`: the stages always give theirs);
-    None (counted) when it is bad."""
-    parts = transport.recv_parts(sock, flags)
+    None (counted) when it is bad, and None (not counted) when nothing was there after all."""
+    try:
+        parts = transport.recv_parts(sock, flags)
+    except zmq.Again:
+        # A poll can say a message waits on a pipe whose peer then went away (a bound socket whose
+        # replicas come and go): nothing to receive, nothing wrong.
+        return None
     at = time.monotonic_ns()
     try:
         msg = wire.decode(parts)

@@ -139,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 0
     precheck(cfg)
-    security.check(cfg, tuple(Role))
+    security.check(cfg, tuple(cfg.roles()))
     return Supervisor(cfg).run()
 
 

@@ -17,6 +17,27 @@ otherwise), and its consumers connect there. A host is an address of the machine
       hosts: {capture: 10.0.0.1, detect: 10.0.0.2, embed: 10.0.0.3, match: 10.0.0.3}
       curve: {keys_dir: /etc/facestream/curve}
 
+`transport.topology` says who binds. `indexed` (the default, and what the supervisor runs on one
+host): every worker binds its own output and consumers connect to `workers` endpoints of their
+producer role, so a worker is known by its index. `replicas` (Kubernetes, deploy/k8s): detect and
+embed bind nothing and connect to fixed points -- every capture and the relay (detect), the relay and
+match (embed) -- so replicas of one Deployment are interchangeable and an autoscaler may add or remove
+them; the relay (`facestream stage relay`) is one more process and one more hop, which a single
+host with a supervisor that knows every worker's index does not need.
+
+    transport:
+      kind: tcp
+      topology: replicas
+      hosts: {capture: facestream-capture, relay: facestream-relay, match: facestream-match}
+
+Liveness (tcp, links.py): TCP keepalive and a user timeout on every link, so a peer lost with its
+host is noticed in seconds instead of when TCP gives up (minutes to hours): a PUSH stops routing to
+it, a connecting socket reconnects (through a Service: to its replacement), and the loss is counted
+(facestream_links_lost_total). With `heartbeat_s` > 0, sending sockets also send a ZeroMQ heartbeat
+that often and drop a peer that answers none for `peer_timeout_s` (a hung process whose kernel
+still answers). Off by default: with libzmq 4.3.5 a producer that exits with heartbeats on can make
+its consumers lose the frames they had not read yet (links.py says how, and what was measured).
+
 `transport.curve` encrypts and authenticates every tcp link (ZeroMQ CURVE; files in
 stream/pipeline/security.py). It is refused with `kind: ipc`: ipc sockets never leave the host and
 live in a 0700 directory, so there is nothing for CURVE to protect, and a config that asks for CURVE
@@ -43,7 +64,7 @@ from pydantic import (
 )
 
 from stream.errors import FacestreamError
-from stream.pipeline.roles import CONTROL, PORT_OFFSETS, PREVIEW, RESULTS, UPSTREAM, Role
+from stream.pipeline.roles import CONTROL, MEETS_AT, PORT_OFFSETS, PREVIEW, RESULTS, UPSTREAM, Role
 from stream.registry import DEFAULT_EMBEDDER
 
 _HOSTNAME = re.compile(
@@ -229,6 +250,7 @@ class HostsConfig(_Strict):
     detect: str | None = None
     embed: str | None = None
     match: str | None = None
+    relay: str | None = None  # topology replicas: where detect's output meets embed
     results: str | None = None  # dashboards' PUB; bound by match, so default: match's host
 
     @field_validator("*")
@@ -247,6 +269,9 @@ class CurveConfig(_Strict):
 
 class TransportConfig(_Strict):
     kind: Literal["ipc", "tcp"] = "ipc"
+    # indexed: each worker binds its output (one host, the supervisor); replicas: detect and embed
+    # connect to fixed points (capture, relay, match) and may scale freely (see the module docstring).
+    topology: Literal["indexed", "replicas"] = "indexed"
     run_dir: Path | None = None  # ipc sockets live here; the supervisor makes a private 0700 one
     host: str = "127.0.0.1"  # tcp: every role's host unless hosts.<role> says (loopback by default)
     hosts: HostsConfig = Field(default_factory=HostsConfig)
@@ -260,6 +285,10 @@ class TransportConfig(_Strict):
     ring_slots: int | None = Field(None, ge=4, le=4096)  # None: from the HWMs and batches (ring_slots())
     ring_mb: int = Field(512, ge=16)  # the default slots are capped to this much memory per camera
     shm_dir: Path | None = None  # set by the supervisor: its private ring directory
+    # tcp sending sockets: a ZeroMQ heartbeat this often (0: none, the default: see links.py); a peer
+    # that answers none for peer_timeout_s is dropped (longer than a healthy consumer's longest pause).
+    heartbeat_s: float = Field(0.0, ge=0, le=60)
+    peer_timeout_s: float = Field(30.0, gt=0, le=600)
 
     @field_validator("host")
     @classmethod
@@ -274,12 +303,23 @@ class TransportConfig(_Strict):
             )
         if self.shm and self.kind != "ipc":
             raise ValueError("shm needs kind: ipc (shared memory does not reach other hosts)")
+        if self.shm and self.topology == "replicas":
+            raise ValueError("shm needs topology: indexed (the ring's windows count each role's workers)")
+        if self.heartbeat_s and self.peer_timeout_s <= self.heartbeat_s:
+            raise ValueError("peer_timeout_s must be longer than heartbeat_s (a few heartbeats)")
         return self
 
     @property
     def use_shm(self) -> bool:
-        """Frames go through a ring: ipc, not switched off, and a supervisor made the ring directory."""
-        return self.kind == "ipc" and self.shm is not False and self.shm_dir is not None
+        """Frames go through a ring: ipc, indexed, not switched off, and a supervisor made the ring
+        directory. Not with topology replicas: the ring's flow control sizes each reader's window from
+        the number of workers and their queues (ring_windows), which replicas leave open."""
+        return (
+            self.kind == "ipc"
+            and self.topology == "indexed"
+            and self.shm is not False
+            and self.shm_dir is not None
+        )
 
     def host_of(self, role: str) -> str:
         """The host that runs `role` (results: match's host unless set)."""
@@ -407,11 +447,34 @@ class PipelineConfig(_Strict):
         return [s.name for s in self.sources]  # type: ignore[misc]
 
     def workers(self, role: str) -> int:
+        """How many processes of `role` the supervisor starts (topology replicas: how many detect and
+        embed replicas it starts on one host; in Kubernetes, the Deployments' replicas say)."""
         if role == Role.CAPTURE:
             return len(self.sources)
         if role == Role.DETECT:
             return self.detect.workers
         return self.embed.workers if role == Role.EMBED else 1
+
+    @property
+    def replicas(self) -> bool:
+        """topology replicas: detect and embed connect to fixed points (see the module docstring)."""
+        return self.transport.topology == "replicas"
+
+    def roles(self) -> list[Role]:
+        """The stage roles this config runs (the relay only with topology replicas)."""
+        return [r for r in Role if r != Role.DASHBOARD and (r != Role.RELAY or self.replicas)]
+
+    def connects_output(self, role: str) -> bool:
+        """True: `role` connects its output to the fixed role that binds it (replicas: detect, embed)."""
+        return self.replicas and role in MEETS_AT
+
+    def binds_input(self, role: str) -> bool:
+        """True: `role` binds its input and its producers' replicas connect (replicas: relay, match)."""
+        return self.replicas and role in MEETS_AT.values()
+
+    def binder(self, role: str) -> str:
+        """The role whose process binds `role`'s output endpoint (replicas: the relay or match)."""
+        return str(MEETS_AT[Role(role)]) if self.connects_output(role) else role
 
     def endpoint(self, role: str, index: int = 0) -> str:
         """Where `role`'s worker `index` binds its output (its consumers connect there).
@@ -424,8 +487,10 @@ class PipelineConfig(_Strict):
         if role == RESULTS and self.outputs.results:
             return self.outputs.results
         t = self.transport
+        if self.connects_output(role):
+            index = 0  # one meeting point for every replica
         if t.kind == "tcp" and role not in (CONTROL, PREVIEW):
-            host = t.host_of(role)
+            host = t.host_of(self.binder(role))
             if ":" in host:  # IPv6 literal
                 host = f"[{host}]"
             return f"tcp://{host}:{t.base_port + PORT_OFFSETS[role] + index}"
@@ -436,11 +501,20 @@ class PipelineConfig(_Strict):
     def upstream(self, role: str) -> list[str]:
         """The outputs a consumer of `role`'s input connects to (on the producers' hosts). The sink
         also takes the supervisor's control messages, when there is a supervisor (a run directory)."""
-        prev = UPSTREAM[role]  # KeyError: a role with no input
-        outputs = [self.endpoint(prev, i) for i in range(self.workers(prev))]
+        prev: str = UPSTREAM[role]  # KeyError: a role with no input
+        if self.replicas and role == Role.EMBED:
+            prev = Role.RELAY  # detect's output meets embed at the relay
+        n = 1 if self.connects_output(prev) or prev == Role.RELAY else self.workers(prev)
+        outputs = [self.endpoint(prev, i) for i in range(n)]
         if role == Role.SINK and self.transport.run_dir is not None:
             outputs.append(self.endpoint(CONTROL))
         return outputs
+
+    def connects(self, role: str) -> list[str]:
+        """Every endpoint a process of `role` connects to (its input unless it binds it, and its
+        output when it connects that: topology replicas)."""
+        out = [] if role not in UPSTREAM or self.binds_input(role) else self.upstream(role)
+        return out + ([self.endpoint(role)] if self.connects_output(role) else [])
 
     def ring_windows(self, slots: int) -> dict[str, int]:
         """How many frames each pixel-reading role may lag behind the capture (blocking sources):

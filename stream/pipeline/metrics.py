@@ -60,6 +60,8 @@ class Metrics:
     detect_plans_total: Counter
     embeddings_total: Counter
     auth_failures_total: Counter
+    links_lost_total: Counter
+    busy_seconds_total: Counter
 
 
 _metrics: Metrics | None = None
@@ -137,6 +139,20 @@ def get() -> Metrics:
                 "facestream_auth_failures",
                 "CURVE handshakes a stage's server sockets refused, by reason",
                 ["stage", "reason"],
+            ),
+            links_lost_total=Counter(
+                "facestream_links_lost",
+                "tcp connections closed under a stage: the peer exited, reset, or stayed silent past "
+                "transport.peer_timeout_s (heartbeats)",
+                ["stage"],
+            ),
+            # A counter, not a gauge: rate() over it is the fraction of time a process works (0..1),
+            # which the HorizontalPodAutoscaler scales detect and embed on (deploy/k8s/hpa.yaml).
+            busy_seconds_total=Counter(
+                "facestream_busy_seconds",
+                "Seconds a stage process spent working on batches (not waiting for input or for room "
+                "downstream)",
+                ["stage"],
             ),
         )
     return _metrics

@@ -3,6 +3,12 @@ takes, whom it reads from, and whether it binds and reads frame pixels.
 
     capture -> detect -> embed -> match -> sink        (match also publishes results to dashboards)
 
+With `transport.topology: replicas` (Kubernetes: detect and embed as Deployments with any number of
+interchangeable replicas) the scalable roles bind nothing: detect replicas connect to every capture
+and push into the relay, embed replicas pull from the relay and push into match.
+
+    capture[i] -> detect xN -> relay -> embed xM -> match -> sink
+
 Every other module (config's endpoints, the frame ring's flow control, batching's checks, CURVE keys,
 the stage loader and the CLI) reads these tables instead of spelling role names."""
 
@@ -21,6 +27,7 @@ class Role(StrEnum):
     EMBED = "embed"
     MATCH = "match"
     SINK = "sink"
+    RELAY = "relay"  # topology replicas: where detect replicas meet embed replicas (stateless)
     DASHBOARD = "dashboard"  # the web app (stream/web/), with `run --dashboard`: reads results only
 
 
@@ -36,6 +43,7 @@ MODULES: dict[Role, str] = {
     Role.EMBED: "embed",
     Role.MATCH: "match",
     Role.SINK: "sinks",
+    Role.RELAY: "relay",
     Role.DASHBOARD: "dashboard",
 }
 
@@ -43,6 +51,7 @@ MODULES: dict[Role, str] = {
 PORT_OFFSETS: dict[str, int] = {
     Role.CAPTURE: 0,
     Role.DETECT: 100,
+    Role.RELAY: 150,  # the relay's output (embed replicas connect); its input is detect's port
     Role.EMBED: 200,
     Role.MATCH: 300,
     RESULTS: 301,
@@ -54,6 +63,7 @@ UPSTREAM: dict[str, Role] = {
     Role.EMBED: Role.DETECT,
     Role.MATCH: Role.EMBED,
     Role.SINK: Role.MATCH,
+    Role.RELAY: Role.DETECT,
 }
 
 # What each consuming role takes; anything else is a bad message for it.
@@ -65,7 +75,11 @@ ACCEPTS: dict[str, frozenset[Kind]] = {
 }
 
 # Roles that bind their output (CURVE servers on tcp); the sink only connects.
-BINDERS = frozenset({Role.CAPTURE, Role.DETECT, Role.EMBED, Role.MATCH})
+BINDERS = frozenset({Role.CAPTURE, Role.DETECT, Role.EMBED, Role.MATCH, Role.RELAY})
+
+# topology replicas: the roles that scale, and the fixed role that binds the point where each one's
+# output meets its consumers (that role's input). Their replicas connect both ways and bind nothing.
+MEETS_AT: dict[Role, Role] = {Role.DETECT: Role.RELAY, Role.EMBED: Role.MATCH}
 
 # The roles that read frame pixels, in pipeline order: the order of their progress words in a frame
 # ring's header (framering.py), so never reorder it.

@@ -15,7 +15,7 @@ folders; `--name NAME` makes one more pair (a dashboard's). Public `.key` files 
 by an impostor; servers check the client's key (ZAP), so frames reach only allow-listed peers. The
 allow-list is read when a stage starts: restart the binding stages after adding a key.
 
-Refused clients leave a trace (`AuthFailures`): every refused handshake on a stage's server sockets is
+Refused clients leave a trace (`AuthFailures`; links.LinkMonitor reports the server sockets' failed handshakes): every refused handshake on a stage's server sockets is
 counted in facestream_auth_failures_total{stage,reason} and logged as one WARNING per peer (its public
 key, or 'no key') and address per minute. Reasons: `key_not_allowed` (a CURVE key not in clients/, the
 ZAP handler's denial), `mechanism_mismatch` (a plaintext client: libzmq refuses it at the greeting,
@@ -40,11 +40,10 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
-from zmq.utils.monitor import recv_monitor_message
 
 from stream.errors import FacestreamError
 from stream.pipeline.config import endpoint_host
-from stream.pipeline.roles import BINDERS, UPSTREAM
+from stream.pipeline.roles import BINDERS
 
 if TYPE_CHECKING:
     from stream.pipeline.config import PipelineConfig
@@ -106,12 +105,13 @@ class Curve:
 
     def check(self, cfg: PipelineConfig, role: str) -> None:
         """Read every key `role` will need, so a stage with missing keys says so before loading models."""
-        if role in BINDERS:
+        if (role in BINDERS and not cfg.connects_output(role)) or cfg.binds_input(role):
             self.pair("server")
             self.allow_list()
-        if role in UPSTREAM:  # it connects to producers
+        connects = cfg.connects(role)
+        if connects:
             self.pair("client")
-            for endpoint in cfg.upstream(role):
+            for endpoint in connects:
                 host = endpoint_host(endpoint)
                 if host is not None:
                     self.server_public(host)
@@ -228,52 +228,6 @@ class ZapAuthenticator(ThreadAuthenticator):
         text = status_text.decode("utf-8", "replace")
         reason = "key_not_allowed" if text == "Unknown key" else re.sub(r"\W+", "_", text.lower()).strip("_")
         self.failures.refused(reason or "denied", key, address)
-
-
-_MONITORED = (
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_MONITOR_STOPPED
-)
-
-
-class HandshakeMonitor(threading.Thread):
-    """Watches one CURVE server socket for handshakes that fail before ZAP is asked: a plaintext
-    client (`mechanism_mismatch`; or `handshake_aborted` when the client saw the mismatch first and
-    dropped the connection), any other broken CURVE handshake (`protocol_error`). libzmq's event
-    names only the bound endpoint, not the peer (the accepted descriptor may already be closed and
-    reused when the event is read), and no key was checked: these are logged as 'no key from an
-    unknown address on ENDPOINT', one line a minute per endpoint. Stops with the socket, or `stop()`."""
-
-    def __init__(self, sock: zmq.Socket[Any], failures: AuthFailures):
-        super().__init__(name="curve-monitor", daemon=True)
-        self.failures = failures
-        self.monitor: zmq.Socket[Any] = sock.get_monitor_socket(_MONITORED)  # used by this thread only
-        self._stopping = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                if not self.monitor.poll(100):
-                    continue
-                event = recv_monitor_message(self.monitor)
-                if event["event"] == zmq.EVENT_MONITOR_STOPPED:
-                    return
-                endpoint = bytes(event["endpoint"]).decode("utf-8", "replace")
-                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                    reason = "handshake_aborted"
-                elif int(event["value"]) == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-                    reason = "mechanism_mismatch"
-                else:
-                    reason = "protocol_error"
-                self.failures.refused(reason, NO_KEY, f"an unknown address on {endpoint}")
-        except zmq.ContextTerminated:
-            pass
-        finally:
-            self.monitor.close(linger=0)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self.is_alive():
-            self.join(2)
 
 
 def check(cfg: PipelineConfig, roles: list[str] | tuple[str, ...]) -> None:

@@ -82,7 +82,7 @@ class Supervisor:
         # One host: frames travel through per-camera shared-memory rings in a private directory that
         # this supervisor owns and removes when the run ends, however it ends (framering.py).
         self.ring_dir: Path | None = None
-        if cfg.transport.kind == "ipc" and cfg.transport.shm is not False:
+        if cfg.transport.kind == "ipc" and cfg.transport.shm is not False and not cfg.replicas:
             self.ring_dir = framering.make_dir(run_dir)
             cfg.transport.shm_dir = self.ring_dir
         self.cfg_path = run_dir / "config.yaml"
@@ -158,6 +158,8 @@ class Supervisor:
         workers = [Child(Role.SINK, 0), Child(Role.MATCH, 0)]
         workers += [Child(Role.EMBED, i) for i in range(cfg.embed.workers)]
         workers += [Child(Role.DETECT, i) for i in range(cfg.detect.workers)]
+        if cfg.replicas:  # detect and embed meet at the relay (transport.topology, config.py)
+            workers.append(Child(Role.RELAY, 0))
         if cfg.dashboard is not None:  # the web app: supervised like a stage (stages/dashboard.py)
             workers.append(Child(Role.DASHBOARD, 0))
         self.children = workers

@@ -1,9 +1,16 @@
 """Tiny ZeroMQ helpers (imagezmq-sized): make sockets with explicit HWMs and linger, send and receive
 wire Messages as multipart with copy=False.
 
-Topology rule: every stage BINDS its output and CONNECTS its input to all upstream outputs. A
-restarted worker rebinds the same endpoint and its peers reconnect by themselves; a bound PUSH with
-no peer connected blocks (files: backpressure) or says EAGAIN (live: drop), never buffers old frames.
+Topology rule (`transport.topology: indexed`): every stage BINDS its output and CONNECTS its input to
+all upstream outputs. A restarted worker rebinds the same endpoint and its peers reconnect by
+themselves; a bound PUSH with no peer connected blocks (files: backpressure) or says EAGAIN (live:
+drop), never buffers old frames. With `replicas` the scalable roles connect their output to a fixed
+role's bound input instead (config.connects_output): such a PUSH is IMMEDIATE, so it too blocks while
+nobody is connected rather than queueing frames for a connection that is not there yet.
+
+Every tcp socket gets TCP keepalive and a user timeout, sending ones ZeroMQ heartbeats, and every
+bound one (in a stage's context) a LinkMonitor that counts lost connections and refused handshakes:
+links.py.
 
 Make a stage's context with `context(cfg)`: with `transport.curve` set, every tcp socket made in it
 is CURVE (bound: server, checked by the context's ZAP authenticator; connected: client that checks
@@ -19,8 +26,9 @@ import zmq
 from stream.errors import FacestreamError
 from stream.pipeline import wire
 from stream.pipeline.config import PipelineConfig, endpoint_host, is_loopback
+from stream.pipeline.links import LinkMonitor, LostLinks, set_liveness
 from stream.pipeline.roles import BINDERS, RESULTS, Role
-from stream.pipeline.security import AuthFailures, Curve, HandshakeMonitor
+from stream.pipeline.security import AuthFailures, Curve
 
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
@@ -30,13 +38,15 @@ log = logging.getLogger(__name__)
 
 class Context(zmq.Context[zmq.Socket[Any]]):
     """A context that carries the process's config and CURVE keys (None: plain), its ZAP authenticator
-    and the monitors of its CURVE server sockets (refused clients, see security.AuthFailures)."""
+    and the monitors of its tcp sockets (lost peers, refused clients: links.py)."""
 
     cfg: PipelineConfig | None = None
+    stage: str = "unknown"
     curve: Curve | None = None
     authenticator: ThreadAuthenticator | None = None
     auth_failures: AuthFailures | None = None
-    monitors: list[HandshakeMonitor]
+    lost_links: LostLinks | None = None
+    monitors: list[LinkMonitor]
 
     def _stop_authenticator(self) -> None:
         for monitor in getattr(self, "monitors", ()):  # their sockets live in this context too
@@ -55,9 +65,10 @@ class Context(zmq.Context[zmq.Socket[Any]]):
         super().destroy(linger)
 
 
-def context(cfg: PipelineConfig) -> Context:
+def context(cfg: PipelineConfig, stage: str = "unknown") -> Context:
     ctx = Context()
     ctx.cfg = cfg
+    ctx.stage = stage
     ctx.curve = Curve.from_config(cfg)
     ctx.monitors = []
     return ctx
@@ -72,21 +83,34 @@ def socket(
     hwm: int = 2,
     linger_ms: int = 1000,
     subscribe: bytes | None = None,
+    immediate: bool = False,
 ) -> zmq.Socket[Any]:
     """A socket with both HWMs set (ZMQ's default 1000 would queue seconds of frames); CURVE on its tcp
-    endpoints when the context has keys (see `context`)."""
+    endpoints when the context has keys (see `context`); liveness checks on tcp (links.py).
+    immediate: queue messages only to completed connections (a connecting PUSH: backpressure while
+    its peer is away)."""
     curve: Curve | None = getattr(ctx, "curve", None)
+    cfg: PipelineConfig | None = getattr(ctx, "cfg", None)
     sock: zmq.Socket[Any] = ctx.socket(kind)
     try:
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
         sock.setsockopt(zmq.LINGER, linger_ms)
+        if immediate:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
         if kind == zmq.SUB:
             sock.setsockopt(zmq.SUBSCRIBE, subscribe or b"")
         if any("[" in e for e in (bind or "", *connect)):
             sock.setsockopt(zmq.IPV6, 1)
+        tcp_bind = bind is not None and endpoint_host(bind) is not None
+        if tcp_bind or any(endpoint_host(e) is not None for e in connect):
+            set_liveness(sock, kind, cfg.transport if cfg is not None else None)
         if bind:
-            _bind(ctx, sock, bind, curve)
+            _serve(ctx, sock, bind, curve)
+        if tcp_bind:  # before bind: no event is missed
+            _watch(ctx, sock, server=curve is not None)
+        if bind:
+            _bind(sock, bind)
         for endpoint in connect:
             if curve is not None:
                 curve.connect(sock, endpoint)
@@ -97,23 +121,37 @@ def socket(
     return sock
 
 
-def _bind(ctx: zmq.Context[Any], sock: zmq.Socket[Any], endpoint: str, curve: Curve | None) -> None:
+def _serve(ctx: zmq.Context[Any], sock: zmq.Socket[Any], endpoint: str, curve: Curve | None) -> None:
+    """A tcp endpoint to bind: a CURVE server with keys, else a warning beyond loopback."""
     host = endpoint_host(endpoint)
-    if host is not None:
-        if curve is not None:
-            curve.serve(ctx, sock, _stage_of(ctx, endpoint))
-            monitors: list[HandshakeMonitor] | None = getattr(ctx, "monitors", None)
-            failures: AuthFailures | None = getattr(ctx, "auth_failures", None)
-            if monitors is not None and failures is not None:
-                monitor = HandshakeMonitor(sock, failures)
-                monitor.start()
-                monitors.append(monitor)
-        elif not is_loopback(host):
-            log.warning(
-                "%s listens beyond loopback without CURVE: anyone who reaches it can read or feed the "
-                "pipeline (set transport.curve)",
-                endpoint,
-            )
+    if host is None:
+        return
+    if curve is not None:
+        curve.serve(ctx, sock, _stage_of(ctx, endpoint))
+    elif not is_loopback(host):
+        log.warning(
+            "%s listens beyond loopback without CURVE: anyone who reaches it can read or feed the "
+            "pipeline (set transport.curve)",
+            endpoint,
+        )
+
+
+def _watch(ctx: zmq.Context[Any], sock: zmq.Socket[Any], server: bool) -> None:
+    """A stage's bound tcp socket: a LinkMonitor (lost peers; refused handshakes on a CURVE server)."""
+    monitors: list[LinkMonitor] | None = getattr(ctx, "monitors", None)
+    if monitors is None:
+        return  # a plain context (a tool, a test): no monitors
+    lost: LostLinks | None = getattr(ctx, "lost_links", None)
+    if lost is None:
+        lost = ctx.lost_links = LostLinks(getattr(ctx, "stage", "unknown"))
+    failures: AuthFailures | None = getattr(ctx, "auth_failures", None) if server else None
+    monitor = LinkMonitor(sock, lost, failures)
+    monitor.start()
+    monitors.append(monitor)
+
+
+def _bind(sock: zmq.Socket[Any], endpoint: str) -> None:
+    host = endpoint_host(endpoint)
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as e:
@@ -125,14 +163,15 @@ def _bind(ctx: zmq.Context[Any], sock: zmq.Socket[Any], endpoint: str, curve: Cu
 
 
 def _stage_of(ctx: zmq.Context[Any], endpoint: str) -> str:
-    """The role that binds `endpoint` in this context's config (match also binds the results PUB)."""
+    """The role that binds `endpoint` in this context's config (match also binds the results PUB;
+    topology replicas: the relay and match bind detect's and embed's outputs)."""
     cfg: PipelineConfig | None = getattr(ctx, "cfg", None)
     if cfg is not None:
         if endpoint == cfg.endpoint(RESULTS):
             return str(Role.MATCH)
         for role in sorted(BINDERS):
             if any(cfg.endpoint(role, i) == endpoint for i in range(cfg.workers(role))):
-                return str(role)
+                return cfg.binder(role)
     return "unknown"
 
 

@@ -92,6 +92,40 @@ def test_endpoints_follow_each_roles_host(tmp_path):
     assert sup.upstream("sink") == ["tcp://127.0.0.1:5850", f"ipc://{tmp_path}/control-0"]
 
 
+def test_replicas_topology_meets_at_fixed_points():
+    """topology replicas: detect and embed bind nothing; detect connects to every capture and pushes
+    into the relay, embed pulls from the relay and pushes into match, which binds that input."""
+    hosts = {"capture": HOST_A, "relay": "relay.svc", "match": HOST_B}
+    cfg = config.load(
+        None,
+        {
+            "sources": [{"url": "a"}, {"url": "b"}],
+            "transport": {"kind": "tcp", "topology": "replicas", "base_port": 7000, "hosts": hosts},
+            "detect": {"workers": 3},
+            "embed": {"workers": 2},
+        },
+    )
+    assert cfg.connects("detect") == [f"tcp://{HOST_A}:7000", f"tcp://{HOST_A}:7001", "tcp://relay.svc:7100"]
+    assert cfg.connects("embed") == ["tcp://relay.svc:7150", f"tcp://{HOST_B}:7200"]
+    assert cfg.binds_input("relay") and cfg.upstream("relay") == ["tcp://relay.svc:7100"]
+    assert cfg.endpoint("relay") == "tcp://relay.svc:7150"
+    assert cfg.binds_input("match") and cfg.upstream("match") == [f"tcp://{HOST_B}:7200"]
+    assert cfg.connects("match") == [] and cfg.connects("relay") == []
+    assert cfg.endpoint("detect", 2) == cfg.endpoint("detect", 0)  # one meeting point for every replica
+    assert "relay" in cfg.roles()
+    # The default stays as it was: each worker binds, consumers connect to every worker, no relay.
+    indexed = config.load(None, {**tcp_config(7000, None), "detect": {"workers": 2}})
+    assert not indexed.binds_input("match") and "relay" not in indexed.roles()
+    assert indexed.connects("detect") == [f"tcp://{HOST_A}:7000"]
+
+
+def test_shm_and_replicas_do_not_mix():
+    with pytest.raises(FacestreamError, match="shm needs topology: indexed"):
+        config.load(None, {"transport": {"topology": "replicas", "shm": True}})
+    cfg = config.load(None, {"transport": {"topology": "replicas", "shm_dir": "/tmp/x"}})
+    assert not cfg.transport.use_shm  # inline pixels: the ring's windows count each role's workers
+
+
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [

@@ -462,3 +462,38 @@ def test_results_pub_carries_results_not_pixels(small_clip, models_home, tmp_pat
     assert [m.seq for m in results] == list(range(10))
     assert all(m.frame is None and m.ref is None for m in results)
     assert all(m.dets.names is not None for m in results) and any(wire.faces_json(m.dets) for m in results)
+
+
+def free_base_port() -> int:
+    """A transport.base_port whose capture/detect/relay/embed/match/results ports are all free."""
+    for _ in range(50):
+        base = free_port() - 400
+        if not 1024 < base < 60000:
+            continue
+        try:
+            for off in (0, 100, 150, 200, 300, 301):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + off))
+        except OSError:
+            continue
+        return base
+    pytest.skip("no free port range on loopback")
+
+
+def test_replicas_topology_delivers_every_frame_once(small_clip, models_home, tmp_path):
+    """transport.topology replicas over tcp (what deploy/k8s runs), two detect and two embed workers
+    that bind nothing: every frame comes out once, the books balance, and the run ends by itself
+    (the camera's end reached match and the sink only after its frames: endbarrier.py)."""
+    out, summary = tmp_path / "r.jsonl", tmp_path / "summary.json"
+    config = (
+        f"transport: {{kind: tcp, topology: replicas, base_port: {free_base_port()}}}\n"
+        "detect: {workers: 2}\nembed: {workers: 2}\n"
+    )
+    proc, err = start(
+        tmp_path, "--source", str(small_clip), "--out", str(out), "--summary", str(summary), config=config
+    )
+    assert finish(proc) == 0, err.read_text()[-2000:]
+    assert sorted(r["seq"] for r in lines(out)) == list(range(40))
+    s = json.loads(summary.read_text())
+    assert s["frames"] == {"cam0": 40} and not s.get("dropped") and not s.get("unaccounted"), s
+    assert "relay ready" in err.read_text()

@@ -204,11 +204,15 @@ class Stage:
 
     # ----- sockets ---------------------------------------------------------------------------------
     def input(self, hwm: int | None = None) -> zmq.Socket[Any]:
-        """PULL, connected to every output of the upstream role (and, for the sink, the control)."""
+        """PULL, connected to every output of the upstream role (and, for the sink, the control);
+        topology replicas: the relay and match bind theirs, and the replicas connect."""
         hwm = self.cfg.transport.hwm if hwm is None else hwm
-        sock = transport.socket(
-            self._ctx(), zmq.PULL, connect=self.cfg.upstream(self.role), hwm=hwm, linger_ms=0
-        )
+        upstream = self.cfg.upstream(self.role)
+        if self.cfg.binds_input(self.role):
+            (bind,) = upstream
+            sock = transport.socket(self._ctx(), zmq.PULL, bind=bind, hwm=hwm, linger_ms=0)
+        else:
+            sock = transport.socket(self._ctx(), zmq.PULL, connect=upstream, hwm=hwm, linger_ms=0)
         return self._keep(sock, 0)
 
     def output(
@@ -219,10 +223,21 @@ class Stage:
         linger_ms: int = 2000,
         linger_on_stop: int | None = 0,
     ) -> zmq.Socket[Any]:
-        """A bound output (default: this worker's endpoint). Closed with linger_ms, or with
+        """A bound output (default: this worker's endpoint; topology replicas: detect and embed
+        connect theirs to the relay's or match's input). Closed with linger_ms, or with
         linger_on_stop after a stop (0: drop what is queued; None: linger_ms all the same)."""
-        endpoint = self.cfg.endpoint(self.role, self.index) if endpoint is None else endpoint
         hwm = self.cfg.transport.hwm if hwm is None else hwm
+        if endpoint is None and self.cfg.connects_output(self.role):
+            sock = transport.socket(
+                self._ctx(),
+                kind,
+                connect=[self.cfg.endpoint(self.role)],
+                hwm=hwm,
+                linger_ms=linger_ms,
+                immediate=True,
+            )
+            return self._keep(sock, linger_on_stop)
+        endpoint = self.cfg.endpoint(self.role, self.index) if endpoint is None else endpoint
         sock = transport.socket(self._ctx(), kind, bind=endpoint, hwm=hwm, linger_ms=linger_ms)
         return self._keep(sock, linger_on_stop)
 
@@ -242,7 +257,7 @@ class Stage:
     # ----- the lifecycle, once ----------------------------------------------------------------------
     def run(self) -> int:
         self.load()
-        self.ctx = transport.context(self.cfg)
+        self.ctx = transport.context(self.cfg, self.role)
         try:
             if self.role in PIXEL_READERS:
                 self.pixels = framering.StagePixels(self.cfg, self.role)

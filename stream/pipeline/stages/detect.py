@@ -161,6 +161,7 @@ def process(
             log.warning("detect failed on a batch of %d frames: %s", len(frames), e)
             found = [None] * len(frames)
         end = time.monotonic_ns()
+        m.busy_seconds_total.labels(STAGE).inc((end - start) / 1e9)
         for (r, msg), d in zip(frames, found, strict=True):
             if not px.check(msg):
                 dropped.add(id(r))

@@ -155,6 +155,8 @@ def process(
             msg.dets, msg.error = msg.dets[:0], "embedding failed"
             kept[i] = (r, msg, [])
     end = time.monotonic_ns()
+    if frames:
+        m.busy_seconds_total.labels(STAGE).inc((end - start) / 1e9)
     faces: dict[int, wire.Faces] = {}
     for r, msg, sources in kept:
         dets = msg.dets.with_columns(

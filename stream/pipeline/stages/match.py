@@ -17,6 +17,7 @@ from stream.liveness.stage import LivenessBook
 from stream.pipeline import transport, wire
 from stream.pipeline.batching import receive
 from stream.pipeline.config import PipelineConfig
+from stream.pipeline.endbarrier import EndBarrier
 from stream.pipeline.roles import RESULTS, Role
 from stream.pipeline.stages.base import Stage
 
@@ -176,6 +177,8 @@ class Match(Stage):
 
     def load(self) -> None:
         self.namer = Namer(self.cfg)
+        # A camera's end goes on only after its frames, which may come later through other workers.
+        self.ends = EndBarrier(self.cfg.supervisor.eos_grace_s)
 
     def close(self) -> None:
         self.namer.close()
@@ -208,8 +211,15 @@ class Match(Stage):
         for ev in events:
             self.emit(wire.event_message(cam, ev))
 
+    def end(self, eos: wire.EndOfStream) -> None:
+        """The camera's tracks end (their last events), then its end-of-stream goes on."""
+        self.emit_events(eos.cam, self.namer.end(eos.cam, time.time()))
+        self.emit(eos)
+
     def step(self) -> None:
         self.namer.refresh()
+        for eos in self.ends.due(time.monotonic()):
+            self.end(eos)
         if not self.inp.poll(200, zmq.POLLIN):
             return
         got = receive(self.inp, self.role, zmq.NOBLOCK, self.trust)
@@ -223,6 +233,8 @@ class Match(Stage):
             msg.t["match_in"] = start
             result, events = self.namer.name(msg)  # the recorder's pixels: still in the ring (one host)
             msg.stamp("match_out")
+            m.busy_seconds_total.labels(STAGE).inc((msg.t["match_out"] - start) / 1e9)
+            self.ends.frame(msg, time.monotonic())
             m.stage_seconds.labels(STAGE, msg.cam).observe((msg.t["match_out"] - start) / 1e9)
             m.frames_total.labels(STAGE, msg.cam).inc()
             if "capture" in msg.t:
@@ -233,7 +245,7 @@ class Match(Stage):
             self.emit(result)
             self.emit_events(msg.cam, events)
         elif isinstance(msg, wire.EndOfStream):
-            self.emit_events(msg.cam, self.namer.end(msg.cam, time.time()))
-            self.emit(msg)
+            for eos in self.ends.end(msg, time.monotonic()):
+                self.end(eos)
         else:
             self.emit(msg)
