@@ -289,6 +289,10 @@ class TransportConfig(_Strict):
     # that answers none for peer_timeout_s is dropped (longer than a healthy consumer's longest pause).
     heartbeat_s: float = Field(0.0, ge=0, le=60)
     peer_timeout_s: float = Field(30.0, gt=0, le=600)
+    # tcp: each socket's kernel send and receive buffers (SO_SNDBUF/SO_RCVBUF; 0: the OS's autotuning).
+    # With pixels inline, autotuned buffers park tens of frames per link beyond the HWM: latency, and
+    # frames lost with a killed peer (benchmarks/RESULTS.md, "Several hosts, simulated").
+    socket_buffer_kb: int = Field(256, ge=0, le=65536)
 
     @field_validator("host")
     @classmethod

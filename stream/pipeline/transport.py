@@ -86,7 +86,8 @@ def socket(
     immediate: bool = False,
 ) -> zmq.Socket[Any]:
     """A socket with both HWMs set (ZMQ's default 1000 would queue seconds of frames); CURVE on its tcp
-    endpoints when the context has keys (see `context`); liveness checks on tcp (links.py).
+    endpoints when the context has keys (see `context`); liveness checks on tcp (links.py) and
+    bounded kernel buffers (transport.socket_buffer_kb).
     immediate: queue messages only to completed connections (a connecting PUSH: backpressure while
     its peer is away)."""
     curve: Curve | None = getattr(ctx, "curve", None)
@@ -105,6 +106,10 @@ def socket(
         tcp_bind = bind is not None and endpoint_host(bind) is not None
         if tcp_bind or any(endpoint_host(e) is not None for e in connect):
             set_liveness(sock, kind, cfg.transport if cfg is not None else None)
+            buffer_kb = cfg.transport.socket_buffer_kb if cfg is not None else 0
+            if buffer_kb:
+                sock.setsockopt(zmq.SNDBUF, buffer_kb * 1024)
+                sock.setsockopt(zmq.RCVBUF, buffer_kb * 1024)
         if bind:
             _serve(ctx, sock, bind, curve)
         if tcp_bind:  # before bind: no event is missed

@@ -216,3 +216,35 @@ pull = transport.socket(ctx, zmq.PULL, connect=[sys.argv[1]])
 while True:
     pull.recv_multipart()
 """
+
+
+def _parked_before_backpressure(buffer_kb: int) -> int:
+    """360p frames a PUSH takes without blocking towards a tcp PULL that reads nothing."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = config.load(None, {"transport": {"kind": "tcp", "socket_buffer_kb": buffer_kb}})
+    ctx = transport.context(cfg, "detect")
+    pull = transport.socket(ctx, zmq.PULL, bind=endpoint, linger_ms=0)
+    push = transport.socket(ctx, zmq.PUSH, connect=[endpoint], linger_ms=0)
+    frame = b"\0" * (640 * 360 * 3)
+    sent, last_progress = 0, time.monotonic()
+    try:
+        while time.monotonic() - last_progress < 1.0:  # until a second passes with no room
+            try:
+                push.send(frame, zmq.NOBLOCK)
+                sent, last_progress = sent + 1, time.monotonic()
+            except zmq.Again:
+                time.sleep(0.02)
+    finally:
+        push.close()
+        pull.close()
+        ctx.term()
+    return sent
+
+
+def test_tcp_links_park_few_frames_beyond_the_hwm() -> None:
+    """Inline pixels over tcp: with the OS's autotuned buffers a link holds many frames beyond the
+    HWM (latency; lost with a killed peer); the default cap keeps it to the HWMs (2 + 2) and about a
+    frame in the kernel."""
+    capped = _parked_before_backpressure(256)
+    assert capped <= 7, capped
+    assert _parked_before_backpressure(0) > capped
