@@ -978,6 +978,15 @@ def test_k8s_pods_run_the_pipeline_with_replicas_and_survive_losing_one(
         )
         for got, sent in ends:
             assert 0 < int(sent) - int(got) <= held, (got, sent, held)
+        # ... and counted: no supervisor books them here, so match does (the drops alert sees them).
+        lost = scrape_sum(
+            net.switch,
+            metrics("facestream-match"),
+            "facestream_frames_dropped_total",
+            stage="match",
+            reason="lost_in_flight",
+        )
+        assert lost == sum(int(sent) - int(got) for got, sent in ends), (lost, ends)
     finally:
         for proc in procs.values():
             if proc.poll() is None:

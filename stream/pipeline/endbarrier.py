@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from stream.pipeline import wire
@@ -38,8 +39,11 @@ GAPS_KEPT = 32  # recent pauses between a camera's frames, for its quiet time
 
 
 class EndBarrier:
-    def __init__(self, grace_s: float):
+    """on_lost(camera, frames): called when an end goes on short of frames that never arrived."""
+
+    def __init__(self, grace_s: float, on_lost: Callable[[str, int], None] | None = None):
         self.grace_s = grace_s
+        self.on_lost = on_lost
         self.seen: dict[str, int] = {}  # camera -> frames arrived (+ dropped on the way) since its last end
         self.last_at: dict[str, float] = {}
         self.gaps: dict[str, deque[float]] = {}
@@ -81,6 +85,8 @@ class EndBarrier:
                 got,
                 eos.sent,
             )
+            if self.on_lost is not None and eos.sent > got:
+                self.on_lost(cam, eos.sent - got)
         self.seen[cam] = 0
         self.gaps.pop(cam, None)
         self.last_at.pop(cam, None)

@@ -66,3 +66,16 @@ def test_a_second_end_lets_the_first_go_first() -> None:
     assert b.end(wire.eos_message("a", 3), now=0.0) == []
     released = b.end(wire.eos_message("a", 0), now=0.5)  # a restarted capture's end, with no frames
     assert [e.sent for e in released] == [3, 0]
+
+
+def test_frames_that_never_came_are_reported_once() -> None:
+    lost: list[tuple[str, int]] = []
+    b = EndBarrier(grace_s=2.0, on_lost=lambda cam, n: lost.append((cam, n)))
+    b.frame(frame("a", 0), now=0.0)
+    b.frame(frame("a", 2, skipped=1), now=0.0)  # 1 dropped and counted by a stage: not lost
+    assert b.end(wire.eos_message("a", 5), now=0.0) == []
+    assert [e.cam for e in b.due(now=3.0)] == ["a"]
+    assert lost == [("a", 2)]  # frames 3 and 4 died with a worker
+    b.frame(frame("a", 0), now=4.0)
+    assert [e.cam for e in b.end(wire.eos_message("a", 1), now=4.0)] == ["a"]
+    assert lost == [("a", 2)]  # a complete end reports nothing

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -178,10 +179,16 @@ class Match(Stage):
     def load(self) -> None:
         self.namer = Namer(self.cfg)
         # A camera's end goes on only after its frames, which may come later through other workers.
-        self.ends = EndBarrier(self.cfg.supervisor.eos_grace_s)
+        # Frames that never came are counted here when no supervisor books them (stages started
+        # alone, Kubernetes): under a supervisor they are the dead stage's `crashed` (settle()).
+        supervised = bool(os.environ.get("FACESTREAM_SUPERVISED"))
+        self.ends = EndBarrier(self.cfg.supervisor.eos_grace_s, None if supervised else self.count_lost)
 
     def close(self) -> None:
         self.namer.close()
+
+    def count_lost(self, cam: str, frames: int) -> None:
+        self.m.frames_dropped_total.labels(STAGE, cam, "lost_in_flight").inc(frames)
 
     def open(self) -> None:
         t = self.cfg.transport
