@@ -28,12 +28,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# As the pipeline's stages run (stream/pipeline/supervisor.py): idle torch threads sleep. Spinning ones
+# As the pipeline's stages run (`facestream stage`, stream/pipeline/commands.py): idle torch threads sleep. Spinning ones
 # made detection ~20x slower on this shared 2-core machine under load (another engineer's work).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from clips import read_clip  # noqa: E402
 
 from stream import doctor  # noqa: E402
 from stream.detections import Detections  # noqa: E402
@@ -44,19 +46,6 @@ DATA = ROOT.parent / "shared" / "data"
 CLIP = DATA / "video" / "facenet-pytorch-video.mp4"
 PERSON = DATA / "faces" / "face_recognition" / "obama-480p.jpg"
 FPS = 25.0
-
-
-def read_clip(path: Path, frames: int, size: tuple[int, int] | None = None) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    out = []
-    while len(out) < frames:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        if size is not None:
-            bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
-        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    return out
 
 
 def scene() -> np.ndarray:

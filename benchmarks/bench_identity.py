@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
+from clips import read_clip
 
 from stream.gallery.tracking import flips_per_track
 from stream.pipeline import identity_eval as ie
@@ -33,18 +32,6 @@ from stream.pipeline.follow import FollowSettings
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 CLIP = DATA / "video" / "facenet-pytorch-video.mp4"
-
-
-def read_clip(path: Path, limit: int | None) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while limit is None or len(frames) < limit:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(np.ascontiguousarray(f[:, :, ::-1]))
-    cap.release()
-    return frames
 
 
 def main(argv: list[str] | None = None) -> int:

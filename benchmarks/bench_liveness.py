@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import liveness_attacks as la  # noqa: E402
+from clips import read_clip  # noqa: E402
 
 from stream.detections import Detections  # noqa: E402
 from stream.gallery.matcher import Match  # noqa: E402
@@ -239,7 +240,7 @@ def main() -> None:
 
     mtcnn = MTCNN(model_path("mtcnn"), device="cpu", min_face_size=args.min_face)
     mesh = FaceMesh()
-    clip = la.read_clip(CLIP)
+    clip = read_clip(CLIP)
     from stream import doctor
 
     print(doctor.header())

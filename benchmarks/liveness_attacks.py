@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -162,18 +161,6 @@ def screen_replay(
         h = sheet_homography(400, 400, motion.pose(i / fps, phase))
         f = _composite(bg, screen, h)
         frames.append(_noise(f, rng) if noise else f)
-    return frames
-
-
-def read_clip(path: Path, limit: int | None = None) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while limit is None or len(frames) < limit:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(np.ascontiguousarray(f[..., ::-1]))
-    cap.release()
     return frames
 
 
