@@ -52,9 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _open(args: argparse.Namespace) -> Unknowns:
-    if not Path(args.gallery).exists():
-        raise FacestreamError(f"gallery {args.gallery} does not exist")
-    return Unknowns.open(args.gallery, create=False)
+    return Unknowns.open(args.gallery, create=False)  # a missing gallery: one line from Gallery.open
 
 
 def _line(i: UnknownInfo) -> str:
@@ -65,11 +63,8 @@ def _line(i: UnknownInfo) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    store = _open(args)
-    try:
+    with _open(args) as store:
         infos = sorted(store.all(), key=lambda i: -i.last_seen)
-    finally:
-        store.close()
     if args.json:
         print(json.dumps([i.to_dict() for i in infos]))
     else:
@@ -80,32 +75,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     uid = parse_label(args.id)
-    store = _open(args)
-    try:
+    with _open(args) as store:
         print(json.dumps(store.get(uid).to_dict(), indent=1))
-    finally:
-        store.close()
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     keep, other = parse_label(args.id), parse_label(args.other)
-    store = _open(args)
-    try:
+    with _open(args) as store:
         store.merge(keep, other)
-    finally:
-        store.close()
     print(f"merged {label(other)} into {label(keep)}")
     return 0
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
     uid = parse_label(args.id)
-    store = _open(args)
-    try:
+    with _open(args) as store:
         n = store.forget(uid)
-    finally:
-        store.close()
     print(f"forgot {label(uid)}: {n} faces deleted")
     return 0
 
@@ -116,11 +102,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     uid = parse_label(args.id)
     validate_name(args.name)
-    store = _open(args)
-    try:
+    with _open(args) as store:
         outcomes = promote(store, uid, args.name, _analyzer(args.model))
-    finally:
-        store.close()
     for o in outcomes:
         print(o)
     return 0
@@ -170,8 +153,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         raise FacestreamError(f"--k must be at least 1, not {args.k}")
     model = args.model or DEFAULT_EMBEDDER
     spec = get_spec(model)
-    store = _open(args)
-    try:
+    with _open(args) as store:
         face_ids, _, vecs = store.faces(model)
         if not len(face_ids):
             print(f"no unknown faces for {model}")
@@ -183,8 +165,6 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             groups = kmeans(vecs, args.k, spec.metric)
         before = len(store.all())
         assignment = store.regroup(model, face_ids, groups)
-    finally:
-        store.close()
     how = f"K-means, k={args.k}" if args.k is not None else f"threshold {threshold:.3f}"
     print(f"{len(face_ids)} faces: {before} identities -> {len(assignment)} ({how})")
     return 0

@@ -120,10 +120,21 @@ class Unknowns:
 
     @classmethod
     def open(cls, path: str | Path, create: bool = True) -> Unknowns:
-        return cls(Gallery.open(path, create=create))
+        gallery = Gallery.open(path, create=create)
+        try:
+            return cls(gallery)
+        except BaseException:
+            gallery.close()
+            raise
 
     def close(self) -> None:
         self.gallery.close()
+
+    def __enter__(self) -> Unknowns:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ----- reading -----------------------------------------------------------------------------
     def all(self) -> list[UnknownInfo]:
