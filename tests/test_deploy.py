@@ -918,31 +918,27 @@ def test_k8s_pods_run_the_pipeline_with_replicas_and_survive_losing_one(
                 name = f"facestream-{stage}-{r}"
                 wait_until(lambda name=name, stage=stage: alive() or frames(name, stage) > 0, 120, name)
 
-        # A replica dies (its pod is gone); the other carries the frames meanwhile.
-        procs["facestream-detect-0"].send_signal(signal.SIGKILL)
-        procs["facestream-detect-0"].wait(30)
-        del procs["facestream-detect-0"]
-        d1, n = frames("facestream-detect-1", "detect"), written()
-        wait_until(
-            lambda: frames("facestream-detect-1", "detect") > d1 + 5 and written() > n + 5,
-            120,
-            "frames through detect-1 while detect-0 is gone",
-        )
+        def kill_one_replica(stage: str) -> None:
+            """Replica 0 dies (its pod is gone); replica 1 carries the frames meanwhile."""
+            dead, other = f"facestream-{stage}-0", f"facestream-{stage}-1"
+            procs[dead].send_signal(signal.SIGKILL)
+            procs[dead].wait(30)
+            del procs[dead]
+            before, n = frames(other, stage), written()
+            wait_until(
+                lambda: frames(other, stage) > before + 5 and written() > n + 5,
+                120,
+                f"frames through {other} while {dead} is gone",
+            )
+
+        kill_one_replica("detect")
         # The ReplicaSet's replacement: a new pod, nothing else touched, gets its share.
         start(replacement)
         wait_until(
             lambda: alive() or frames(replacement, "detect") >= 3, 300, "frames through the new replica"
         )
 
-        procs["facestream-embed-0"].send_signal(signal.SIGKILL)
-        procs["facestream-embed-0"].wait(30)
-        del procs["facestream-embed-0"]
-        e1, n = frames("facestream-embed-1", "embed"), written()
-        wait_until(
-            lambda: frames("facestream-embed-1", "embed") > e1 + 5 and written() > n + 5,
-            120,
-            "frames through embed-1 while embed-0 is gone",
-        )
+        kill_one_replica("embed")
 
         # The camera stops (SIGINT: its end-of-stream goes behind its last frames). The sink ends by
         # itself once match let the end go: after every frame, or after the few lost with the pods.
