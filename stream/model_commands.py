@@ -58,8 +58,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"models": rows}))
     else:
+        name_w = max(len(r["name"]) for r in rows)
+        kind_w = max(len(r["kind"]) for r in rows)
         for r in rows:
-            print(
-                f"{r['name']:18} {r['kind']:9} {'built' if r['built'] else 'not built':10} {r['description']}"
-            )
+            built = "built" if r["built"] else "not built"
+            print(f"{r['name']:{name_w}}  {r['kind']:{kind_w}}  {built:9}  {r['description']}")
     return 0
