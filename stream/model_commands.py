@@ -58,8 +58,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"models": rows}))
     else:
-        name_w = max(len(r["name"]) for r in rows)
-        kind_w = max(len(r["kind"]) for r in rows)
+        name_w = max(len(s.name) for s in MODELS.values())
+        kind_w = max(len(s.kind) for s in MODELS.values())
         for r in rows:
             built = "built" if r["built"] else "not built"
             print(f"{r['name']:{name_w}}  {r['kind']:{kind_w}}  {built:9}  {r['description']}")
